@@ -1,0 +1,47 @@
+# Entry points for people and CI. CMake does the building; this file only names the steps.
+#   make test    install what is missing, build (warnings are errors), run every test,
+#                then the unit tests again under ASan+UBSan
+#   make bench   benchmarks (bench/README.md)
+#   make install-shim PY=python3   put the shim where the model streamer finds it
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+JOBS       ?= $(shell nproc)
+CMAKE_ARGS ?= -DBS_WERROR=ON
+
+.PHONY: all setup build build-asan test test-unit test-asan bench install-shim format clean
+
+all: build
+
+setup:
+	scripts/setup.sh
+
+build:
+	cmake -S . -B $(BUILD) $(CMAKE_ARGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+build-asan:
+	cmake -S . -B $(BUILD_ASAN) $(CMAKE_ARGS) -DBS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(BUILD_ASAN) -j $(JOBS)
+
+test: setup build build-asan
+	ctest --test-dir $(BUILD) --output-on-failure --timeout 900
+	$(MAKE) --no-print-directory test-asan
+
+test-unit: build
+	ctest --test-dir $(BUILD) --output-on-failure -L unit
+
+test-asan: build-asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(BUILD_ASAN) --output-on-failure -L unit
+
+bench: setup build
+	BUILD=$(abspath $(BUILD)) bench/run.sh
+
+install-shim: build
+	scripts/install-shim.sh --lib $(BUILD)/provider-shim/libblobswarm.so $(if $(PY),--python $(PY))
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)

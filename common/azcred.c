@@ -1,0 +1,381 @@
+/* Credential resolution and request preparation (see azcred.h). Secrets stay inside this
+ * module: descriptions, errors and safe_url never contain a key, a SAS or a token. */
+#include "azcred.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "connstr.h"
+#include "log.h"
+#include "sharedkey.h"
+
+#define TOKEN_MAX 16384
+
+struct bs_azcred {
+    enum bs_auth_kind kind;
+    char desc[160];
+    char *endpoint;      /* base URL template ("{account}" replaced), or NULL */
+    char suffix[256];    /* host suffix when there is no endpoint */
+    char *fixed_account; /* from the connection string: overrides the caller's account */
+    char *env_account;   /* AZURE_STORAGE_ACCOUNT_NAME */
+    char *key;           /* base64 account key */
+    char *sas;           /* SAS query without '?' */
+    struct bs_token_source *tok;
+    int imds_guess; /* tok is the IMDS guess of an unconfigured process */
+    int imds_settled;
+    pthread_mutex_t lock;
+};
+
+static char *dup_or_null(const char *s)
+{
+    return s && *s ? strdup(s) : NULL;
+}
+
+enum bs_auth_kind bs_azcred_kind(const struct bs_azcred *c)
+{
+    return c->kind;
+}
+
+const char *bs_azcred_describe(const struct bs_azcred *c)
+{
+    return c->desc;
+}
+
+void bs_azcred_destroy(struct bs_azcred *c)
+{
+    if (!c)
+        return;
+    if (c->key)
+        memset(c->key, 0, strlen(c->key));
+    if (c->sas)
+        memset(c->sas, 0, strlen(c->sas));
+    free(c->key);
+    free(c->sas);
+    free(c->endpoint);
+    free(c->fixed_account);
+    free(c->env_account);
+    bs_token_source_destroy(c->tok);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+static int key_is_valid(const char *key)
+{
+    char sig[64];
+    return bs_sharedkey_sign(key, "", sig, sizeof(sig)) == 0;
+}
+
+struct bs_azcred *bs_azcred_from_env(const struct bs_azcred_opts *opts, char *err, size_t errsz)
+{
+    struct bs_azcred *c = calloc(1, sizeof(*c));
+    if (!c) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    const char *sfx = getenv("AZURE_STORAGE_ENDPOINT_SUFFIX");
+    snprintf(c->suffix, sizeof(c->suffix), "%s", sfx && *sfx ? sfx : "blob.core.windows.net");
+    if (opts && opts->endpoint_override && *opts->endpoint_override)
+        c->endpoint = strdup(opts->endpoint_override);
+
+    const char *cs = getenv("AZURE_STORAGE_CONNECTION_STRING");
+    if (cs && *cs) {
+        struct bs_connstr parsed;
+        char perr[200];
+        if (bs_connstr_parse(cs, &parsed, perr, sizeof(perr)) != 0) {
+            snprintf(err, errsz, "AZURE_STORAGE_CONNECTION_STRING: %s", perr);
+            goto out_fail;
+        }
+        if (!c->endpoint) {
+            c->endpoint = parsed.blob_endpoint;
+            parsed.blob_endpoint = NULL;
+        }
+        c->fixed_account = parsed.account;
+        parsed.account = NULL;
+        if (parsed.account_key) {
+            c->kind = BS_AUTH_SHARED_KEY;
+            c->key = parsed.account_key;
+            parsed.account_key = NULL;
+            snprintf(c->desc, sizeof(c->desc), "shared key (AZURE_STORAGE_CONNECTION_STRING)");
+        } else if (parsed.sas) {
+            c->kind = BS_AUTH_SAS;
+            c->sas = parsed.sas;
+            parsed.sas = NULL;
+            snprintf(c->desc, sizeof(c->desc), "SAS (AZURE_STORAGE_CONNECTION_STRING)");
+        } else {
+            c->kind = BS_AUTH_ANONYMOUS;
+            snprintf(c->desc, sizeof(c->desc), "anonymous (AZURE_STORAGE_CONNECTION_STRING)");
+        }
+        bs_connstr_cleanup(&parsed);
+        if (c->kind == BS_AUTH_SHARED_KEY && !key_is_valid(c->key)) {
+            snprintf(err, errsz, "AZURE_STORAGE_CONNECTION_STRING: AccountKey is not valid base64");
+            goto out_fail;
+        }
+        return c;
+    }
+
+    c->env_account = dup_or_null(getenv("AZURE_STORAGE_ACCOUNT_NAME"));
+    const char *sas = getenv("AZURE_STORAGE_SAS_TOKEN");
+    const char *key = getenv("AZURE_STORAGE_ACCOUNT_KEY");
+    if (sas && *sas) {
+        c->kind = BS_AUTH_SAS;
+        c->sas = strdup(sas[0] == '?' ? sas + 1 : sas);
+        snprintf(c->desc, sizeof(c->desc), "SAS (AZURE_STORAGE_SAS_TOKEN)");
+    } else if (key && *key) {
+        c->kind = BS_AUTH_SHARED_KEY;
+        c->key = strdup(key);
+        snprintf(c->desc, sizeof(c->desc), "shared key (AZURE_STORAGE_ACCOUNT_KEY)");
+        if (c->key && !key_is_valid(c->key)) {
+            snprintf(err, errsz, "AZURE_STORAGE_ACCOUNT_KEY is not valid base64");
+            goto out_fail;
+        }
+    } else {
+        char terr[200] = "";
+        c->tok = bs_token_source_from_env(opts ? &opts->token : NULL, 1, terr, sizeof(terr));
+        if (!c->tok) {
+            snprintf(err, errsz, "credential chain: %s", terr[0] ? terr : "no source");
+            goto out_fail;
+        }
+        c->kind = BS_AUTH_BEARER;
+        c->imds_guess = bs_token_source_kind(c->tok) == BS_TOKEN_IMDS;
+        snprintf(c->desc, sizeof(c->desc), "bearer token from %s", bs_token_source_name(c->tok));
+    }
+    if ((c->kind == BS_AUTH_SAS && !c->sas) || (c->kind == BS_AUTH_SHARED_KEY && !c->key)) {
+        snprintf(err, errsz, "out of memory");
+        goto out_fail;
+    }
+    return c;
+
+out_fail:
+    bs_azcred_destroy(c);
+    return NULL;
+}
+
+void bs_azcred_invalidate(struct bs_azcred *c)
+{
+    if (c->kind == BS_AUTH_BEARER && c->tok)
+        bs_token_source_invalidate(c->tok);
+}
+
+static int valid_account(const char *a)
+{
+    size_t n = strlen(a);
+    if (n < 3 || n > 24)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((a[i] >= 'a' && a[i] <= 'z') || (a[i] >= '0' && a[i] <= '9')))
+            return 0;
+    return 1;
+}
+
+static int valid_container(const char *s)
+{
+    if (strcmp(s, "$root") == 0 || strcmp(s, "$web") == 0 || strcmp(s, "$logs") == 0)
+        return 1;
+    size_t n = strlen(s);
+    if (n < 3 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
+              (s[i] == '-' && s[i + 1] != '-')))
+            return 0;
+    return 1;
+}
+
+static void http_date(char *out, size_t outsz)
+{
+    static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    snprintf(out, outsz, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
+             months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* Builds "<endpoint>" for the account into out; returns 0 or -ENOSPC. */
+static int base_url(const struct bs_azcred *c, const char *account, char *out, size_t outsz)
+{
+    int n;
+    if (c->endpoint) {
+        const char *ph = strstr(c->endpoint, "{account}");
+        if (ph)
+            n = snprintf(out, outsz, "%.*s%s%s", (int)(ph - c->endpoint), c->endpoint, account,
+                         ph + 9);
+        else
+            n = snprintf(out, outsz, "%s", c->endpoint);
+        size_t len = strlen(out);
+        while (len && out[len - 1] == '/')
+            out[--len] = '\0';
+    } else {
+        n = snprintf(out, outsz, "https://%s.%s", account, c->suffix);
+    }
+    return n < 0 || (size_t)n >= outsz ? -ENOSPC : 0;
+}
+
+static int add_header(struct curl_slist **list, const char *name, const char *value)
+{
+    char line[TOKEN_MAX + 64];
+    snprintf(line, sizeof(line), "%s: %s", name, value);
+    struct curl_slist *n = curl_slist_append(*list, line);
+    if (!n)
+        return -ENOMEM;
+    *list = n;
+    return 0;
+}
+
+/* Returns the token into tok, or falls back to anonymous for an unconfigured process whose
+ * managed-identity guess failed. Returns 0 (tok may be empty: anonymous) or -EACCES. */
+static int bearer_token(struct bs_azcred *c, char *tok, size_t toksz, char *err, size_t errsz)
+{
+    tok[0] = '\0';
+    pthread_mutex_lock(&c->lock);
+    int anonymous = c->kind == BS_AUTH_ANONYMOUS;
+    pthread_mutex_unlock(&c->lock);
+    if (anonymous)
+        return 0;
+    char terr[300];
+    int rc = bs_token_get(c->tok, tok, toksz, terr, sizeof(terr));
+    pthread_mutex_lock(&c->lock);
+    if (rc == 0) {
+        c->imds_settled = 1;
+    } else if (c->imds_guess && !c->imds_settled) {
+        c->kind = BS_AUTH_ANONYMOUS;
+        snprintf(c->desc, sizeof(c->desc), "anonymous (no credential configured)");
+        bs_log(BS_LOG_INFO, "azcred", "event=anonymous reason=\"%s\"", terr);
+        tok[0] = '\0';
+        rc = 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc) {
+        snprintf(err, errsz, "%s", terr);
+        return -EACCES;
+    }
+    return 0;
+}
+
+int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t errsz)
+{
+    r->headers = NULL;
+    r->url[0] = r->safe_url[0] = '\0';
+    const char *account = c->fixed_account            ? c->fixed_account
+                          : r->account && *r->account ? r->account
+                                                      : c->env_account;
+    if (!account || !*account) {
+        snprintf(err, errsz, "no storage account: pass one or set AZURE_STORAGE_ACCOUNT_NAME");
+        return -EINVAL;
+    }
+    if (!valid_account(account)) {
+        snprintf(err, errsz, "invalid storage account name \"%.64s\"", account);
+        return -EINVAL;
+    }
+    if (!r->container || !valid_container(r->container)) {
+        snprintf(err, errsz, "invalid container name \"%.70s\"", r->container ? r->container : "");
+        return -EINVAL;
+    }
+    size_t blen = r->blob ? strlen(r->blob) : 0;
+    if (blen == 0 || blen > 1024) {
+        snprintf(err, errsz, "invalid blob name (empty or longer than 1024 bytes)");
+        return -EINVAL;
+    }
+    char base[1024], path[3 * 1024 + 80];
+    if (base_url(c, account, base, sizeof(base)) != 0) {
+        snprintf(err, errsz, "blob endpoint URL too long");
+        return -EINVAL;
+    }
+    int plen = snprintf(path, sizeof(path), "/%s/", r->container);
+    if (bs_url_encode_path(r->blob, path + plen, sizeof(path) - (size_t)plen) < 0) {
+        snprintf(err, errsz, "blob name too long");
+        return -EINVAL;
+    }
+    int n = snprintf(r->safe_url, sizeof(r->safe_url), "%s%s", base, path);
+    if (n < 0 || (size_t)n >= sizeof(r->safe_url)) {
+        snprintf(err, errsz, "blob URL too long");
+        return -EINVAL;
+    }
+    enum bs_auth_kind kind = c->kind;
+    n = snprintf(r->url, sizeof(r->url), "%s%s%s", r->safe_url, kind == BS_AUTH_SAS ? "?" : "",
+                 kind == BS_AUTH_SAS ? c->sas : "");
+    if (n < 0 || (size_t)n >= sizeof(r->url)) {
+        snprintf(err, errsz, "blob URL with SAS too long");
+        return -EINVAL;
+    }
+
+    int rc = -ENOMEM;
+    char date[64], range[80] = "";
+    http_date(date, sizeof(date));
+    if (r->range_len)
+        snprintf(range, sizeof(range), "bytes=%llu-%llu", (unsigned long long)r->range_start,
+                 (unsigned long long)(r->range_start + r->range_len - 1));
+    if (add_header(&r->headers, "x-ms-version", BS_AZ_API_VERSION) ||
+        add_header(&r->headers, "x-ms-date", date) ||
+        (range[0] && add_header(&r->headers, "x-ms-range", range)) ||
+        (r->if_match && add_header(&r->headers, "If-Match", r->if_match)))
+        goto out_free;
+    /* A HEAD or GET has no body: suppress curl's defaults that would change the signature. */
+    if (add_header(&r->headers, "Accept", "") != 0)
+        goto out_free;
+
+    if (kind == BS_AUTH_SHARED_KEY) {
+        /* The signed path is the URL's path: it includes the account for path-style
+         * (emulator) endpoints, as the service canonicalizes it. */
+        const char *scheme_end = strstr(r->safe_url, "://");
+        const char *url_path = scheme_end ? strchr(scheme_end + 3, '/') : NULL;
+        char h_ver[64], h_date[96], h_range[100];
+        snprintf(h_ver, sizeof(h_ver), "x-ms-version:%s", BS_AZ_API_VERSION);
+        snprintf(h_date, sizeof(h_date), "x-ms-date:%s", date);
+        snprintf(h_range, sizeof(h_range), "x-ms-range:%s", range);
+        const char *ms[3] = {h_ver, h_date, h_range};
+        struct bs_sk_request sk = {
+            .method = r->method,
+            .url_path = url_path ? url_path : "/",
+            .if_match = r->if_match,
+            .ms_headers = ms,
+            .n_ms_headers = range[0] ? 3 : 2,
+        };
+        char sts[4096 + 512], sig[64], auth[200];
+        if (bs_sharedkey_string_to_sign(account, &sk, sts, sizeof(sts)) < 0 ||
+            bs_sharedkey_sign(c->key, sts, sig, sizeof(sig)) != 0) {
+            snprintf(err, errsz, "cannot sign the request with the account key");
+            rc = -EINVAL;
+            goto out_free;
+        }
+        snprintf(auth, sizeof(auth), "SharedKey %s:%s", account, sig);
+        if (add_header(&r->headers, "Authorization", auth))
+            goto out_free;
+    } else if (kind == BS_AUTH_BEARER) {
+        char *tok = malloc(TOKEN_MAX);
+        if (!tok)
+            goto out_free;
+        rc = bearer_token(c, tok, TOKEN_MAX, err, errsz);
+        if (rc == 0 && tok[0]) {
+            char *auth = malloc(TOKEN_MAX + 16);
+            rc = -ENOMEM;
+            if (auth) {
+                snprintf(auth, TOKEN_MAX + 16, "Bearer %s", tok);
+                rc = add_header(&r->headers, "Authorization", auth);
+                memset(auth, 0, TOKEN_MAX + 16);
+                free(auth);
+            }
+        }
+        memset(tok, 0, TOKEN_MAX);
+        free(tok);
+        if (rc)
+            goto out_free;
+    }
+    return 0;
+
+out_free:
+    if (rc == -ENOMEM)
+        snprintf(err, errsz, "out of memory");
+    curl_slist_free_all(r->headers);
+    r->headers = NULL;
+    return rc;
+}

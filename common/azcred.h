@@ -1,0 +1,54 @@
+/* Which identity reads Azure, resolved once from the environment with the precedence of the
+ * model streamer's own Azure path: AZURE_STORAGE_CONNECTION_STRING; else with an account
+ * name: AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_ACCOUNT_KEY, the default credential chain
+ * (token.h); else anonymous. Turns a blob request into a URL plus headers (version, date,
+ * range, If-Match, authorization). It does not send requests. */
+#ifndef BS_AZCRED_H
+#define BS_AZCRED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "token.h"
+
+#define BS_AZ_API_VERSION "2021-12-02"
+#define BS_URL_MAX        4096
+
+enum bs_auth_kind { BS_AUTH_SHARED_KEY, BS_AUTH_SAS, BS_AUTH_BEARER, BS_AUTH_ANONYMOUS };
+
+struct bs_azcred;
+struct curl_slist;
+
+struct bs_azcred_opts {
+    const char *endpoint_override; /* BLOBSWARM_BLOB_ENDPOINT: base URL, "{account}" replaced */
+    struct bs_token_opts token;
+};
+
+/* Resolves the credential. Returns NULL with a message in err on a malformed configuration
+ * (bad connection string, key not base64, ...). Caller owns the result. */
+struct bs_azcred *bs_azcred_from_env(const struct bs_azcred_opts *opts, char *err, size_t errsz);
+void bs_azcred_destroy(struct bs_azcred *c);
+enum bs_auth_kind bs_azcred_kind(const struct bs_azcred *c);
+/* e.g. "shared key (AZURE_STORAGE_CONNECTION_STRING)"; never contains a secret. */
+const char *bs_azcred_describe(const struct bs_azcred *c);
+
+struct bs_azreq {
+    const char *method; /* "GET" or "HEAD" */
+    const char *account, *container, *blob;
+    const char *if_match;            /* ETag with quotes, or NULL */
+    uint64_t range_start, range_len; /* range_len 0: no range */
+    /* out */
+    char url[BS_URL_MAX];
+    char safe_url[BS_URL_MAX];  /* url without query (no SAS), for messages */
+    struct curl_slist *headers; /* caller frees with curl_slist_free_all */
+};
+
+/* Fills url and headers. Validates account ([a-z0-9]{3,24}) and container names so that a
+ * request can only go to the configured endpoint. Returns 0, -EINVAL (bad name), -EACCES
+ * (token fetch failed), -ENOMEM. */
+int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t errsz);
+
+/* Drops a cached token after a 401/403 so the next request fetches a fresh one. */
+void bs_azcred_invalidate(struct bs_azcred *c);
+
+#endif

@@ -1,0 +1,222 @@
+/* libblobswarm.so: the streamer's cache-provider ABI (cache_abi.h). It owns the process-wide
+ * reader state: created lazily on the first blob_read from the environment, torn down by
+ * shutdown, created again by a later blob_read. It reads Azure directly; it does not yet ask
+ * a node agent (that path arrives with the agent). It never prints unless
+ * BLOBSWARM_LOG_LEVEL asks, and never exits the process. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "azcred.h"
+#include "blobreader.h"
+#include "cache_abi.h"
+#include "config.h"
+#include "fetch.h"
+#include "log.h"
+
+struct shim_config {
+    long long range_bytes;
+    long long max_connections;
+    long long io_threads;
+    long long deadline_ms;
+    long long connect_timeout_ms;
+    long long stall_timeout_ms;
+    long long max_retries;
+    long long retry_base_ms;
+    long long retry_max_ms;
+    long long props_ttl_ms;
+    long long props_max_entries;
+    long long token_timeout_ms;
+    char log_level[BS_CFG_STR_MAX];
+    char ca_bundle[BS_CFG_STR_MAX];
+    char blob_endpoint[BS_CFG_STR_MAX];
+};
+
+#define F(field) offsetof(struct shim_config, field)
+static const struct bs_cfg_entry shim_settings[] = {
+    {"BLOBSWARM_RANGE_BYTES", BS_CFG_BYTES, 64 << 10, 256 << 20, "4M", F(range_bytes),
+     "grid of the parallel ranged GETs a read is split into", 0},
+    {"BLOBSWARM_MAX_CONNECTIONS", BS_CFG_INT, 1, 1024, "64", F(max_connections),
+     "HTTP transfers in flight per process (keep-alive connections kept)", 0},
+    {"BLOBSWARM_IO_THREADS", BS_CFG_INT, 1, 16, "2", F(io_threads),
+     "threads driving the HTTP transfers", 0},
+    {"BLOBSWARM_DEADLINE_MS", BS_CFG_MS, 100, 3600000, "120000", F(deadline_ms),
+     "overall time limit of one blob_read, retries included", 0},
+    {"BLOBSWARM_CONNECT_TIMEOUT_MS", BS_CFG_MS, 100, 120000, "5000", F(connect_timeout_ms),
+     "TCP+TLS connect limit per attempt", 0},
+    {"BLOBSWARM_STALL_TIMEOUT_MS", BS_CFG_MS, 1000, 600000, "15000", F(stall_timeout_ms),
+     "a transfer receiving nothing for this long is retried", 0},
+    {"BLOBSWARM_MAX_RETRIES", BS_CFG_INT, 0, 100, "8", F(max_retries),
+     "retries per request on 408/429/5xx/transport errors", 0},
+    {"BLOBSWARM_RETRY_BASE_MS", BS_CFG_MS, 1, 60000, "100", F(retry_base_ms),
+     "first backoff step (doubles per attempt, full jitter)", 0},
+    {"BLOBSWARM_RETRY_MAX_MS", BS_CFG_MS, 1, 600000, "5000", F(retry_max_ms),
+     "largest backoff step (Retry-After may ask for more)", 0},
+    {"BLOBSWARM_PROPS_TTL_MS", BS_CFG_MS, 0, 86400000, "30000", F(props_ttl_ms),
+     "a blob's ETag and size are kept this long after their last use", 0},
+    {"BLOBSWARM_PROPS_MAX_ENTRIES", BS_CFG_INT, 1, 1000000, "4096", F(props_max_entries),
+     "blobs whose properties are kept", 0},
+    {"BLOBSWARM_TOKEN_TIMEOUT_MS", BS_CFG_MS, 100, 120000, "2000", F(token_timeout_ms),
+     "connect limit for token endpoints (the IMDS probe of an unconfigured process)", 0},
+    {"BLOBSWARM_LOG_LEVEL", BS_CFG_STR, 0, 16, "off", F(log_level),
+     "off, error, warn, info or debug (to stderr)", 0},
+    {"BLOBSWARM_CA_BUNDLE", BS_CFG_STR, 0, 1000, "", F(ca_bundle),
+     "CA certificates file for HTTPS (default: the system store)", 0},
+    {"BLOBSWARM_BLOB_ENDPOINT", BS_CFG_STR, 0, 1000, "", F(blob_endpoint),
+     "blob endpoint base URL overriding https://<account>.<suffix>; {account} is replaced", 0},
+};
+#undef F
+
+struct shim_state {
+    struct shim_config cfg;
+    struct bs_fetch *fetch;
+    struct bs_azcred *cred;
+    struct bs_blobreader *reader;
+};
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_idle = PTHREAD_COND_INITIALIZER;
+static struct shim_state *g_state;
+static int g_active;
+
+static void state_destroy(struct shim_state *s)
+{
+    if (!s)
+        return;
+    bs_blobreader_destroy(s->reader);
+    bs_fetch_destroy(s->fetch);
+    bs_azcred_destroy(s->cred);
+    free(s);
+}
+
+static struct shim_state *state_create(char *err, size_t errsz)
+{
+    struct shim_state *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    struct shim_config *c = &s->cfg;
+    if (bs_cfg_load(shim_settings, sizeof(shim_settings) / sizeof(shim_settings[0]), c,
+                    bs_cfg_getenv, NULL, err, errsz) != 0)
+        goto out_fail;
+    bs_log_set_level(bs_log_parse_level(c->log_level, BS_LOG_OFF));
+
+    struct bs_azcred_opts copts = {
+        .endpoint_override = c->blob_endpoint,
+        .token = {.ca_bundle = c->ca_bundle,
+                  .connect_timeout_ms = c->token_timeout_ms,
+                  .total_timeout_ms = 30000},
+    };
+    s->cred = bs_azcred_from_env(&copts, err, errsz);
+    if (!s->cred)
+        goto out_fail;
+    struct bs_fetch_opts fopts = {
+        .io_threads = (int)c->io_threads,
+        .max_connections = (int)c->max_connections,
+        .connect_timeout_ms = c->connect_timeout_ms,
+        .stall_timeout_ms = c->stall_timeout_ms,
+        .ca_bundle = c->ca_bundle,
+    };
+    s->fetch = bs_fetch_create(&fopts, err, errsz);
+    if (!s->fetch)
+        goto out_fail;
+    struct bs_blobreader_opts ropts = {
+        .range_bytes = (uint64_t)c->range_bytes,
+        .deadline_ms = c->deadline_ms,
+        .max_retries = (int)c->max_retries,
+        .retry_base_ms = c->retry_base_ms,
+        .retry_max_ms = c->retry_max_ms,
+        .props_ttl_ms = c->props_ttl_ms,
+        .props_max_entries = (int)c->props_max_entries,
+    };
+    s->reader = bs_blobreader_create(&ropts, s->cred, s->fetch);
+    if (!s->reader) {
+        snprintf(err, errsz, "out of memory");
+        goto out_fail;
+    }
+    if (bs_log_threshold >= BS_LOG_INFO) {
+        char line[1536];
+        bs_cfg_format(shim_settings, sizeof(shim_settings) / sizeof(shim_settings[0]), c, line,
+                      sizeof(line));
+        bs_log(BS_LOG_INFO, "shim", "event=start credential=\"%s\" %s", bs_azcred_describe(s->cred),
+               line);
+    }
+    return s;
+
+out_fail:
+    state_destroy(s);
+    return NULL;
+}
+
+static void set_error(char *error_buf, size_t error_buf_size, const char *msg)
+{
+    if (error_buf && error_buf_size)
+        snprintf(error_buf, error_buf_size, "blobswarm: %s", msg);
+}
+
+BS_ABI_EXPORT uint32_t cache_abi_version(void)
+{
+    return BS_CACHE_ABI_VERSION;
+}
+
+BS_ABI_EXPORT uint32_t runai_cache_abi_version(void)
+{
+    return BS_CACHE_ABI_VERSION;
+}
+
+BS_ABI_EXPORT ssize_t blob_read(const char *account, const char *container, const char *blob,
+                                void *buf, size_t offset, size_t length, char *error_buf,
+                                size_t error_buf_size)
+{
+    char err[512];
+    if (!container || !blob || (!buf && length > 0)) {
+        set_error(error_buf, error_buf_size, "blob_read: container, blob and buf are required");
+        return -1;
+    }
+    if (length > (size_t)SSIZE_MAX || offset > UINT64_MAX - length) {
+        set_error(error_buf, error_buf_size, "blob_read: offset/length out of range");
+        return -1;
+    }
+
+    pthread_mutex_lock(&g_lock);
+    if (!g_state)
+        g_state = state_create(err, sizeof(err));
+    struct shim_state *s = g_state;
+    if (s)
+        g_active++;
+    pthread_mutex_unlock(&g_lock);
+    if (!s) {
+        set_error(error_buf, error_buf_size, err);
+        return -1;
+    }
+
+    int rc = bs_blobreader_read(s->reader, account, container, blob, buf, offset, length, err,
+                                sizeof(err));
+
+    pthread_mutex_lock(&g_lock);
+    if (--g_active == 0)
+        pthread_cond_broadcast(&g_idle);
+    pthread_mutex_unlock(&g_lock);
+    if (rc != 0) {
+        bs_log(BS_LOG_WARN, "shim", "event=read_failed rc=%d msg=\"%s\"", rc, err);
+        set_error(error_buf, error_buf_size, err);
+        return -1;
+    }
+    return (ssize_t)length;
+}
+
+BS_ABI_EXPORT void shutdown(void)
+{
+    pthread_mutex_lock(&g_lock);
+    while (g_active > 0)
+        pthread_cond_wait(&g_idle, &g_lock);
+    struct shim_state *s = g_state;
+    g_state = NULL;
+    pthread_mutex_unlock(&g_lock);
+    state_destroy(s);
+}

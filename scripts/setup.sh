@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what blobswarm needs to build and test on a fresh Debian machine:
+# the Debian packages (compiler, CMake, libraries, redis-server, tools the tests use)
+# and the pinned npm packages (Azurite, the Azure Storage SDK for test fixtures).
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(
+  build-essential cmake pkg-config
+  libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libhiredis-dev libcmocka-dev
+  redis-server curl openssl iproute2 procps
+  nodejs npm
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x node_modules/.bin/azurite ] || ! cmp -s package-lock.json node_modules/.package-lock.json.copy 2>/dev/null; then
+  echo "setup: installing pinned npm packages (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json node_modules/.package-lock.json.copy
+fi
+echo "setup: done"
