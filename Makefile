@@ -5,10 +5,12 @@
 #   make install-shim PY=python3   put the shim where the model streamer finds it
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
+BUILD_FUZZ ?= build-fuzz
+FUZZ_SECONDS ?= 10
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?= -DBS_WERROR=ON
 
-.PHONY: all setup build build-asan test test-unit test-asan bench install-shim format clean
+.PHONY: all setup build build-asan test test-unit test-asan fuzz bench install-shim format clean
 
 all: build
 
@@ -26,6 +28,7 @@ build-asan:
 test: setup build build-asan
 	ctest --test-dir $(BUILD) --output-on-failure --timeout 900
 	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory fuzz
 
 test-unit: build
 	ctest --test-dir $(BUILD) --output-on-failure -L unit
@@ -33,6 +36,18 @@ test-unit: build
 test-asan: build-asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(BUILD_ASAN) --output-on-failure -L unit
+
+# Each libFuzzer target runs FUZZ_SECONDS from the checked-in corpus; a crash fails the run.
+fuzz:
+	cmake -S . -B $(BUILD_FUZZ) -DCMAKE_C_COMPILER=clang -DBS_FUZZ=ON -DBS_TESTS=OFF $(CMAKE_ARGS)
+	cmake --build $(BUILD_FUZZ) -j $(JOBS) --target fuzz_connstr fuzz_token_json fuzz_sharedkey
+	@for t in fuzz_connstr fuzz_token_json fuzz_sharedkey; do \
+	  mkdir -p $(BUILD_FUZZ)/corpus/$$t; \
+	  if $(BUILD_FUZZ)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
+	       $(BUILD_FUZZ)/corpus/$$t fuzz/corpus/$$t > $(BUILD_FUZZ)/$$t.log 2>&1; then \
+	    echo "fuzz: $$t: no crash in $(FUZZ_SECONDS)s ($$(grep -c . $(BUILD_FUZZ)/$$t.log) log lines)"; \
+	  else tail -n 40 $(BUILD_FUZZ)/$$t.log; echo "fuzz: $$t FAILED"; exit 1; fi; \
+	done
 
 bench: setup build
 	BUILD=$(abspath $(BUILD)) bench/run.sh
@@ -44,4 +59,4 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)
