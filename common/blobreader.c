@@ -268,6 +268,17 @@ static size_t make_key(char *key, size_t keysz, const char *a, const char *c, co
     return n < 0 || (size_t)n >= keysz ? 0 : (size_t)n;
 }
 
+/* Builds the URL and headers of p's request; errors carry the blob's name. */
+static int prepare(struct bs_blobreader *r, struct piece *p, const struct target *t, char *err,
+                   size_t errsz)
+{
+    char inner[400];
+    int rc = bs_azcred_prepare(r->cred, &p->az, inner, sizeof(inner));
+    if (rc)
+        fail(err, errsz, t, "%s", inner);
+    return rc;
+}
+
 /* Sends one request with retries until it succeeds, fails for good or the deadline passes.
  * Success means a 2xx status. */
 static int request_with_retries(struct bs_blobreader *r, struct piece *p, const struct target *t,
@@ -280,7 +291,7 @@ static int request_with_retries(struct bs_blobreader *r, struct piece *p, const 
     }
     int rc;
     for (;;) {
-        rc = bs_azcred_prepare(r->cred, &p->az, err, errsz);
+        rc = prepare(r, p, t, err, errsz);
         if (rc)
             break;
         p->req.url = p->az.url;
@@ -520,13 +531,9 @@ int bs_blobreader_read(struct bs_blobreader *r, const char *account, const char 
             }
             p->az.range_start = p->start + p->done;
             p->az.range_len = p->len - p->done;
-            rc = bs_azcred_prepare(r->cred, &p->az, err, errsz);
-            if (rc) {
-                char inner[400];
-                snprintf(inner, sizeof(inner), "%s", err);
-                fail(err, errsz, &t, "%s", inner);
+            rc = prepare(r, p, &t, err, errsz);
+            if (rc)
                 break;
-            }
             p->req.url = p->az.url;
             p->req.headers = p->az.headers;
             p->req.head = 0;

@@ -1,0 +1,28 @@
+# Unit tests: one cmocka executable per module of common/, plus the ABI checks of the
+# provider library (exact export list, and a dlopen from a bare libc-only host).
+# Included from tests/CMakeLists.txt; needs the targets bs_common and blobswarm.
+# Run them alone with `ctest -L unit`.
+
+if(NOT TARGET PkgConfig::CMOCKA)
+  pkg_check_modules(CMOCKA REQUIRED IMPORTED_TARGET cmocka)
+endif()
+
+set(BS_UNIT_MODULES config connstr sharedkey token blobreader)
+foreach(module IN LISTS BS_UNIT_MODULES)
+  add_executable(unit_${module} ${CMAKE_CURRENT_LIST_DIR}/test_${module}.c)
+  target_link_libraries(unit_${module} PRIVATE bs_common PkgConfig::CMOCKA)
+  add_test(NAME unit_${module} COMMAND unit_${module})
+  set_tests_properties(unit_${module} PROPERTIES LABELS unit TIMEOUT 60)
+endforeach()
+
+# The host links nothing of ours: what the library needs it must bring itself.
+add_executable(unit_dlopen_bare ${CMAKE_CURRENT_LIST_DIR}/dlopen_bare.c)
+target_link_libraries(unit_dlopen_bare PRIVATE ${CMAKE_DL_LIBS})
+add_test(NAME unit_dlopen_bare COMMAND unit_dlopen_bare $<TARGET_FILE:blobswarm>)
+
+add_test(NAME unit_exports
+         COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/check_exports.sh $<TARGET_FILE:blobswarm>)
+set_tests_properties(unit_dlopen_bare unit_exports PROPERTIES LABELS unit TIMEOUT 60)
+if(CMAKE_NM)
+  set_tests_properties(unit_exports PROPERTIES ENVIRONMENT "NM=${CMAKE_NM}")
+endif()
