@@ -3,6 +3,7 @@
 #include "azcred.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ struct bs_azcred {
     char *key;           /* base64 account key */
     char *sas;           /* SAS query without '?' */
     struct bs_token_source *tok;
+    char *static_token;   /* a delegated bearer token */
     int imds_guess; /* tok is the IMDS guess of an unconfigured process */
     int imds_settled;
     pthread_mutex_t lock;
@@ -60,6 +62,10 @@ void bs_azcred_destroy(struct bs_azcred *c)
     free(c->endpoint);
     free(c->fixed_account);
     free(c->env_account);
+    if (c->static_token) {
+        memset(c->static_token, 0, strlen(c->static_token));
+        free(c->static_token);
+    }
     bs_token_source_destroy(c->tok);
     pthread_mutex_destroy(&c->lock);
     free(c);
@@ -241,6 +247,13 @@ static int bearer_token(struct bs_azcred *c, char *tok, size_t toksz, char *err,
     pthread_mutex_unlock(&c->lock);
     if (anonymous)
         return 0;
+    if (c->static_token) {
+        size_t n = strlen(c->static_token);
+        if (n >= toksz)
+            return -EACCES;
+        memcpy(tok, c->static_token, n + 1);
+        return 0;
+    }
     char terr[300];
     int rc = bs_token_get(c->tok, tok, toksz, terr, sizeof(terr));
     pthread_mutex_lock(&c->lock);
@@ -261,21 +274,32 @@ static int bearer_token(struct bs_azcred *c, char *tok, size_t toksz, char *err,
     return 0;
 }
 
+/* The account a request goes to: the connection string's, else the caller's, else the
+ * environment's. NULL with a message when there is none or it is not a valid name. */
+static const char *resolve_account(const struct bs_azcred *c, const char *requested, char *err,
+                                   size_t errsz)
+{
+    const char *account = c->fixed_account        ? c->fixed_account
+                          : requested && *requested ? requested
+                                                    : c->env_account;
+    if (!account || !*account) {
+        snprintf(err, errsz, "no storage account: pass one or set AZURE_STORAGE_ACCOUNT_NAME");
+        return NULL;
+    }
+    if (!valid_account(account)) {
+        snprintf(err, errsz, "invalid storage account name \"%.64s\"", account);
+        return NULL;
+    }
+    return account;
+}
+
 int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t errsz)
 {
     r->headers = NULL;
     r->url[0] = r->safe_url[0] = '\0';
-    const char *account = c->fixed_account            ? c->fixed_account
-                          : r->account && *r->account ? r->account
-                                                      : c->env_account;
-    if (!account || !*account) {
-        snprintf(err, errsz, "no storage account: pass one or set AZURE_STORAGE_ACCOUNT_NAME");
+    const char *account = resolve_account(c, r->account, err, errsz);
+    if (!account)
         return -EINVAL;
-    }
-    if (!valid_account(account)) {
-        snprintf(err, errsz, "invalid storage account name \"%.64s\"", account);
-        return -EINVAL;
-    }
     if (!r->container || !valid_container(r->container)) {
         snprintf(err, errsz, "invalid container name \"%.70s\"", r->container ? r->container : "");
         return -EINVAL;
@@ -378,4 +402,86 @@ out_free:
     curl_slist_free_all(r->headers);
     r->headers = NULL;
     return rc;
+}
+
+int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *container,
+                       const char *blob, long ttl_s, struct bs_delegation *d, char *err,
+                       size_t errsz)
+{
+    memset(d, 0, offsetof(struct bs_delegation, secret) + 1);
+    const char *acct = resolve_account(c, account, err, errsz);
+    if (!acct)
+        return -EINVAL;
+    if (!container || !valid_container(container) || !blob || !*blob) {
+        snprintf(err, errsz, "invalid container or blob name");
+        return -EINVAL;
+    }
+    snprintf(d->account, sizeof(d->account), "%s", acct);
+    if (base_url(c, acct, d->endpoint, sizeof(d->endpoint)) != 0) {
+        snprintf(err, errsz, "blob endpoint URL too long");
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&c->lock);
+    enum bs_auth_kind kind = c->kind;
+    pthread_mutex_unlock(&c->lock);
+    switch (kind) {
+    case BS_AUTH_SHARED_KEY:
+        d->kind = BS_AUTH_SAS;
+        if (bs_sharedkey_blob_sas(acct, c->key, container, blob, time(NULL), ttl_s, d->secret,
+                                  sizeof(d->secret)) != 0) {
+            snprintf(err, errsz, "cannot mint a SAS with the account key");
+            return -EINVAL;
+        }
+        return 0;
+    case BS_AUTH_SAS:
+        d->kind = BS_AUTH_SAS;
+        if (strlen(c->sas) >= sizeof(d->secret)) {
+            snprintf(err, errsz, "SAS token too long to delegate");
+            return -EINVAL;
+        }
+        strcpy(d->secret, c->sas);
+        return 0;
+    case BS_AUTH_BEARER: {
+        int rc = bearer_token(c, d->secret, sizeof(d->secret), err, errsz);
+        if (rc)
+            return rc;
+        d->kind = d->secret[0] ? BS_AUTH_BEARER : BS_AUTH_ANONYMOUS;
+        return 0;
+    }
+    case BS_AUTH_ANONYMOUS:
+        d->kind = BS_AUTH_ANONYMOUS;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char *err,
+                                            size_t errsz)
+{
+    struct bs_azcred *c = calloc(1, sizeof(*c));
+    if (!c) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    c->kind = d->kind;
+    c->endpoint = strdup(d->endpoint);
+    c->fixed_account = strdup(d->account);
+    if (d->kind == BS_AUTH_SAS) {
+        c->sas = strdup(d->secret);
+        snprintf(c->desc, sizeof(c->desc), "delegated SAS");
+    } else if (d->kind == BS_AUTH_BEARER) {
+        c->static_token = strdup(d->secret);
+        snprintf(c->desc, sizeof(c->desc), "delegated bearer token");
+    } else {
+        c->kind = BS_AUTH_ANONYMOUS;
+        snprintf(c->desc, sizeof(c->desc), "anonymous");
+    }
+    if (!c->endpoint || !c->fixed_account || (d->kind == BS_AUTH_SAS && !c->sas) ||
+        (d->kind == BS_AUTH_BEARER && !c->static_token)) {
+        snprintf(err, errsz, "out of memory");
+        bs_azcred_destroy(c);
+        return NULL;
+    }
+    return c;
 }

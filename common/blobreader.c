@@ -30,7 +30,6 @@ struct props_entry {
 
 struct bs_blobreader {
     struct bs_blobreader_opts o;
-    struct bs_azcred *cred;
     struct bs_fetch *fetch;
     pthread_mutex_t lock;
     pthread_cond_t props_cond;
@@ -50,6 +49,7 @@ struct piece {
 /* What a read is about, for messages. */
 struct target {
     const char *account, *container, *blob;
+    struct bs_azcred *cred;
 };
 
 size_t bs_range_split(uint64_t off, uint64_t len, uint64_t grid, uint64_t (*pieces)[2], size_t max)
@@ -133,8 +133,8 @@ static const char *code_or_dash(const struct bs_fetch_req *q)
 }
 
 /* Maps a final failed response to an error; returns the negative code. */
-static int describe_failure(struct bs_blobreader *r, const struct bs_fetch_req *q,
-                            const struct target *t, char *err, size_t errsz)
+static int describe_failure(const struct bs_fetch_req *q, const struct target *t, char *err,
+                            size_t errsz)
 {
     if (q->curl_code != CURLE_OK) {
         fail(err, errsz, t, "transport error: %s", curl_easy_strerror(q->curl_code));
@@ -152,7 +152,7 @@ static int describe_failure(struct bs_blobreader *r, const struct bs_fetch_req *
     case 401:
     case 403:
         fail(err, errsz, t, "access denied (HTTP %ld %s) using %s", q->status, code_or_dash(q),
-             bs_azcred_describe(r->cred));
+             bs_azcred_describe(t->cred));
         return -EACCES;
     case 412:
         fail(err, errsz, t,
@@ -171,7 +171,7 @@ static int describe_failure(struct bs_blobreader *r, const struct bs_fetch_req *
 }
 
 struct bs_blobreader *bs_blobreader_create(const struct bs_blobreader_opts *opts,
-                                           struct bs_azcred *cred, struct bs_fetch *fetch)
+                                           struct bs_fetch *fetch)
 {
     struct bs_blobreader *r = calloc(1, sizeof(*r));
     if (!r)
@@ -181,7 +181,6 @@ struct bs_blobreader *bs_blobreader_create(const struct bs_blobreader_opts *opts
         r->o.range_bytes = 4u << 20;
     if (r->o.props_max_entries < 1)
         r->o.props_max_entries = 1;
-    r->cred = cred;
     r->fetch = fetch;
     r->nbuckets = 64;
     while (r->nbuckets < (size_t)r->o.props_max_entries)
@@ -269,11 +268,10 @@ static size_t make_key(char *key, size_t keysz, const char *a, const char *c, co
 }
 
 /* Builds the URL and headers of p's request; errors carry the blob's name. */
-static int prepare(struct bs_blobreader *r, struct piece *p, const struct target *t, char *err,
-                   size_t errsz)
+static int prepare(struct piece *p, const struct target *t, char *err, size_t errsz)
 {
     char inner[400];
-    int rc = bs_azcred_prepare(r->cred, &p->az, inner, sizeof(inner));
+    int rc = bs_azcred_prepare(t->cred, &p->az, inner, sizeof(inner));
     if (rc)
         fail(err, errsz, t, "%s", inner);
     return rc;
@@ -291,7 +289,7 @@ static int request_with_retries(struct bs_blobreader *r, struct piece *p, const 
     }
     int rc;
     for (;;) {
-        rc = prepare(r, p, t, err, errsz);
+        rc = prepare(p, t, err, errsz);
         if (rc)
             break;
         p->req.url = p->az.url;
@@ -309,15 +307,15 @@ static int request_with_retries(struct bs_blobreader *r, struct piece *p, const 
             break;
         }
         if ((p->req.status == 401 || p->req.status == 403) && p->attempts == 0 &&
-            bs_azcred_kind(r->cred) == BS_AUTH_BEARER) {
-            bs_azcred_invalidate(r->cred); /* a revoked or rotated token: fetch a new one once */
+            bs_azcred_kind(t->cred) == BS_AUTH_BEARER) {
+            bs_azcred_invalidate(t->cred); /* a revoked or rotated token: fetch a new one once */
         } else if (!retryable(&p->req) || p->attempts >= r->o.max_retries) {
-            rc = describe_failure(r, &p->req, t, err, errsz);
+            rc = describe_failure(&p->req, t, err, errsz);
             break;
         }
         uint64_t wait_ns = backoff_ms(r, p->attempts++, p->req.retry_after_ms) * 1000000ull;
         if (bs_now_ns() + wait_ns >= deadline_ns) {
-            rc = describe_failure(r, &p->req, t, err, errsz);
+            rc = describe_failure(&p->req, t, err, errsz);
             break;
         }
         struct timespec ts = {(time_t)(wait_ns / 1000000000ull), (long)(wait_ns % 1000000000ull)};
@@ -410,10 +408,11 @@ static int props_deadline(struct bs_blobreader *r, const struct target *t,
     return rc;
 }
 
-int bs_blobreader_props(struct bs_blobreader *r, const char *account, const char *container,
-                        const char *blob, struct bs_blob_props *out, char *err, size_t errsz)
+int bs_blobreader_props(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                        const char *container, const char *blob, struct bs_blob_props *out,
+                        char *err, size_t errsz)
 {
-    struct target t = {account, container, blob};
+    struct target t = {account, container, blob, cred};
     return props_deadline(r, &t, out, bs_now_ns() + (uint64_t)r->o.deadline_ms * 1000000ull, err,
                           errsz);
 }
@@ -453,8 +452,8 @@ static int check_piece(struct bs_blobreader *r, struct piece *p, const struct ta
         p->done += q->got;
     int transient = retryable(q) || (q->curl_code == CURLE_OK && q->status == 206);
     if (!transient && (q->status == 401 || q->status == 403) && p->attempts == 0 &&
-        bs_azcred_kind(r->cred) == BS_AUTH_BEARER) {
-        bs_azcred_invalidate(r->cred);
+        bs_azcred_kind(t->cred) == BS_AUTH_BEARER) {
+        bs_azcred_invalidate(t->cred);
         transient = 1;
     }
     if (!transient || p->attempts >= r->o.max_retries) {
@@ -462,23 +461,37 @@ static int check_piece(struct bs_blobreader *r, struct piece *p, const struct ta
             fail(err, errsz, t, "short read: %llu of %llu bytes after %d attempts",
                  (unsigned long long)p->done, (unsigned long long)p->len, p->attempts + 1);
         else
-            return describe_failure(r, q, t, err, errsz);
+            return describe_failure(q, t, err, errsz);
         return -EIO;
     }
     uint64_t wait_ns = backoff_ms(r, p->attempts++, q->retry_after_ms) * 1000000ull;
     p->not_before_ns = bs_now_ns() + wait_ns;
     if (p->not_before_ns >= deadline_ns)
-        return describe_failure(r, q, t, err, errsz);
+        return describe_failure(q, t, err, errsz);
     bs_log(BS_LOG_DEBUG, "reader", "event=retry blob=\"%s\" attempt=%d status=%ld curl=%d", t->blob,
            p->attempts, q->status, q->curl_code);
     return 1;
 }
 
-int bs_blobreader_read(struct bs_blobreader *r, const char *account, const char *container,
-                       const char *blob, void *buf, uint64_t off, size_t len, char *err,
-                       size_t errsz)
+int bs_blobreader_head(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                       const char *container, const char *blob, struct bs_blob_props *out,
+                       char *err, size_t errsz)
 {
-    struct target t = {account, container, blob};
+    struct target t = {account, container, blob, cred};
+    return fetch_props(r, &t, out, bs_now_ns() + (uint64_t)r->o.deadline_ms * 1000000ull, err,
+                       errsz);
+}
+
+static int read_pieces(struct bs_blobreader *r, const struct target *tp, const char *etag,
+                       void *buf, uint64_t off, size_t len, uint64_t deadline_ns, char *err,
+                       size_t errsz);
+static void props_forget(struct bs_blobreader *r, const struct target *t);
+
+int bs_blobreader_read(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                       const char *container, const char *blob, void *buf, uint64_t off, size_t len,
+                       char *err, size_t errsz)
+{
+    struct target t = {account, container, blob, cred};
     uint64_t deadline_ns = bs_now_ns() + (uint64_t)r->o.deadline_ms * 1000000ull;
     struct bs_blob_props props;
     int rc = props_deadline(r, &t, &props, deadline_ns, err, errsz);
@@ -490,6 +503,28 @@ int bs_blobreader_read(struct bs_blobreader *r, const char *account, const char 
              (unsigned long long)props.size);
         return -ERANGE;
     }
+    rc = read_pieces(r, &t, props.etag, buf, off, len, deadline_ns, err, errsz);
+    if (rc == -ESTALE)
+        props_forget(r, &t);
+    return rc;
+}
+
+int bs_blobreader_read_version(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                               const char *container, const char *blob, const char *etag, void *buf,
+                               uint64_t off, size_t len, char *err, size_t errsz)
+{
+    struct target t = {account, container, blob, cred};
+    uint64_t deadline_ns = bs_now_ns() + (uint64_t)r->o.deadline_ms * 1000000ull;
+    return read_pieces(r, &t, etag, buf, off, len, deadline_ns, err, errsz);
+}
+
+/* Reads [off, off+len) of the version `etag` in parallel pieces. */
+static int read_pieces(struct bs_blobreader *r, const struct target *tp, const char *etag,
+                       void *buf, uint64_t off, size_t len, uint64_t deadline_ns, char *err,
+                       size_t errsz)
+{
+    struct target t = *tp;
+    int rc;
     if (len == 0)
         return 0;
 
@@ -508,10 +543,10 @@ int bs_blobreader_read(struct bs_blobreader *r, const char *account, const char 
         ps[i].start = ranges[i][0];
         ps[i].len = ranges[i][1];
         ps[i].az.method = "GET";
-        ps[i].az.account = account;
-        ps[i].az.container = container;
-        ps[i].az.blob = blob;
-        ps[i].az.if_match = props.etag;
+        ps[i].az.account = t.account;
+        ps[i].az.container = t.container;
+        ps[i].az.blob = t.blob;
+        ps[i].az.if_match = etag;
     }
     free(ranges);
 
@@ -531,7 +566,7 @@ int bs_blobreader_read(struct bs_blobreader *r, const char *account, const char 
             }
             p->az.range_start = p->start + p->done;
             p->az.range_len = p->len - p->done;
-            rc = prepare(r, p, &t, err, errsz);
+            rc = prepare(p, &t, err, errsz);
             if (rc)
                 break;
             p->req.url = p->az.url;
@@ -576,8 +611,6 @@ int bs_blobreader_read(struct bs_blobreader *r, const char *account, const char 
             nanosleep(&ts, NULL);
         }
     }
-    if (rc == -ESTALE)
-        props_forget(r, &t);
     bs_fetch_batch_cleanup(&batch);
     free(ps);
     return rc;

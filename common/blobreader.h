@@ -28,22 +28,37 @@ struct bs_blob_props {
     uint64_t size;
 };
 
-/* Borrows cred and fetch (they must outlive the reader). NULL on allocation failure. */
+/* Borrows fetch (it must outlive the reader). NULL on allocation failure.
+ * Every call names the credential it reads with; the properties cache is keyed by blob
+ * only, so a process that reads with several credentials uses bs_blobreader_head and
+ * bs_blobreader_read_version, which bypass it. */
 struct bs_blobreader *bs_blobreader_create(const struct bs_blobreader_opts *opts,
-                                           struct bs_azcred *cred, struct bs_fetch *fetch);
+                                           struct bs_fetch *fetch);
 void bs_blobreader_destroy(struct bs_blobreader *r);
 
 /* Properties of a blob, from the cache or a HEAD request. Returns 0 or a negative code with
  * a message in err. */
-int bs_blobreader_props(struct bs_blobreader *r, const char *account, const char *container,
-                        const char *blob, struct bs_blob_props *out, char *err, size_t errsz);
+int bs_blobreader_props(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                        const char *container, const char *blob, struct bs_blob_props *out,
+                        char *err, size_t errsz);
+
+/* Properties from a HEAD request with cred, never from the cache. */
+int bs_blobreader_head(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                       const char *container, const char *blob, struct bs_blob_props *out,
+                       char *err, size_t errsz);
 
 /* Reads exactly len bytes at off into buf. Returns 0, or a negative code with a message in
  * err (-ENOENT missing, -EACCES denied, -ERANGE past the end, -ESTALE blob changed,
  * -ETIMEDOUT deadline, -EIO other). Never reports success on a short read. */
-int bs_blobreader_read(struct bs_blobreader *r, const char *account, const char *container,
-                       const char *blob, void *buf, uint64_t off, size_t len, char *err,
-                       size_t errsz);
+int bs_blobreader_read(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                       const char *container, const char *blob, void *buf, uint64_t off, size_t len,
+                       char *err, size_t errsz);
+
+/* Reads [off, off+len) of the version `etag` (every GET carries If-Match: etag), without
+ * fetching properties; the caller has checked the range. Same errors as bs_blobreader_read. */
+int bs_blobreader_read_version(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                               const char *container, const char *blob, const char *etag, void *buf,
+                               uint64_t off, size_t len, char *err, size_t errsz);
 
 /* Splits [off, off+len) on a grid of `grid` bytes. Writes up to max pieces as (start, len)
  * pairs; returns the number of pieces needed (may exceed max; then nothing beyond max is

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -278,4 +279,32 @@ int bs_url_encode_path(const char *in, char *out, size_t outsz)
 int bs_url_encode_component(const char *in, char *out, size_t outsz)
 {
     return encode(in, out, outsz, 0);
+}
+
+static void iso8601(time_t t, char *out, size_t outsz)
+{
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, outsz, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int bs_sharedkey_blob_sas(const char *account, const char *key_b64, const char *container,
+                          const char *blob, time_t now, long ttl_s, char *out, size_t outsz)
+{
+    char st[64], se[64], sts[4096], sig[64], esig[200], est[64], ese[64];
+    iso8601(now - 300, st, sizeof(st)); /* tolerate clock skew between hosts */
+    iso8601(now + ttl_s, se, sizeof(se));
+    int n = snprintf(sts, sizeof(sts), "r\n%s\n%s\n/blob/%s/%s/%s\n\n\nhttps,http\n%s\nb\n\n\n\n\n\n\n",
+                     st, se, account, container, blob, BS_SAS_VERSION);
+    if (n < 0 || (size_t)n >= sizeof(sts))
+        return -ENOSPC;
+    if (bs_sharedkey_sign(key_b64, sts, sig, sizeof(sig)) != 0)
+        return -EINVAL;
+    bs_url_encode_component(sig, esig, sizeof(esig));
+    bs_url_encode_component(st, est, sizeof(est));
+    bs_url_encode_component(se, ese, sizeof(ese));
+    n = snprintf(out, outsz, "sv=%s&spr=https%%2Chttp&st=%s&se=%s&sr=b&sp=r&sig=%s",
+                 BS_SAS_VERSION, est, ese, esig);
+    return n < 0 || (size_t)n >= outsz ? -ENOSPC : 0;
 }

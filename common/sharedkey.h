@@ -5,6 +5,9 @@
 #define BS_SHAREDKEY_H
 
 #include <stddef.h>
+#include <time.h>
+
+#define BS_SAS_VERSION "2021-12-02"
 
 struct bs_sk_request {
     const char *method;            /* "GET", "HEAD", ... */
@@ -33,5 +36,11 @@ int bs_url_encode_path(const char *in, char *out, size_t outsz);
 
 /* Percent-encodes a form/query value (also encodes '/'). Returns the length, or -ENOSPC. */
 int bs_url_encode_component(const char *in, char *out, size_t outsz);
+
+/* Mints a read-only service SAS for one blob (sr=b, sp=r), valid from now-5min to
+ * now+ttl_s, as a query string without '?'. Lets a holder of the account key hand another
+ * party access to exactly one blob for minutes. Returns 0, -EINVAL (bad key), -ENOSPC. */
+int bs_sharedkey_blob_sas(const char *account, const char *key_b64, const char *container,
+                          const char *blob, time_t now, long ttl_s, char *out, size_t outsz);
 
 #endif

@@ -134,7 +134,7 @@ static struct shim_state *state_create(char *err, size_t errsz)
         .props_ttl_ms = c->props_ttl_ms,
         .props_max_entries = (int)c->props_max_entries,
     };
-    s->reader = bs_blobreader_create(&ropts, s->cred, s->fetch);
+    s->reader = bs_blobreader_create(&ropts, s->fetch);
     if (!s->reader) {
         snprintf(err, errsz, "out of memory");
         goto out_fail;
@@ -195,8 +195,8 @@ BS_ABI_EXPORT ssize_t blob_read(const char *account, const char *container, cons
         return -1;
     }
 
-    int rc = bs_blobreader_read(s->reader, account, container, blob, buf, offset, length, err,
-                                sizeof(err));
+    int rc = bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, offset, length,
+                                err, sizeof(err));
 
     pthread_mutex_lock(&g_lock);
     if (--g_active == 0)

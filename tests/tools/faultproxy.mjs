@@ -1,0 +1,316 @@
+// Fault-injecting HTTP proxy for integration tests: listens on 127.0.0.1 (port 0 unless
+// --port), forwards every request to one upstream (the plain-HTTP Azurite) with its method,
+// path and headers unchanged (Shared Key signs them), and injects the fault of the current
+// rule into the blob requests it matches. It is a test tool: no TLS, no auth of its own, and
+// it does not cache or rewrite anything.
+//
+// usage: node faultproxy.mjs --target http://127.0.0.1:PORT [--port N] [--rule JSON]
+//                            [--exit-on-stdin-eof] [--max-lifetime-s S]
+// Prints "listening <port>" on stdout once it accepts connections.
+//
+// Control endpoints (never forwarded):
+//   POST /__fault   body: a rule (JSON), replaces the current one; {"kind":"none"} clears
+//   GET  /__fault   the current rule and how many faults it has left
+//   GET  /__stats   {"requests":N,"byMethod":{...},"blobGets":N,"rangedGets":N,
+//                    "faults":{"status":N,...},"injected":N}
+//   POST /__stats/reset
+// Rules (count: how many matching requests get the fault, default 1; methods: default
+// ["GET"]; match: optional substring the decoded path must contain):
+//   {"kind":"status","status":503,"count":3,"retryAfter":1,"errorCode":"ServerBusy"}
+//        answer with that status, Retry-After (seconds) and x-ms-error-code, no upstream call
+//   {"kind":"reset","count":2,"afterBytes":100000}
+//        forward; after afterBytes body bytes destroy the client socket (TCP RST). A response
+//        whose body is not longer than afterBytes passes unharmed and does not use up count.
+//   {"kind":"truncate","count":1,"afterBytes":N}
+//        forward the full headers (Content-Length unchanged), only N body bytes (default
+//        half), then close the connection (FIN)
+//   {"kind":"stall","count":1,"ms":3000}
+//        hold the request ms milliseconds before forwarding it (nothing is sent meanwhile)
+//   {"kind":"stall","count":1,"ms":3000,"afterBytes":N}
+//        forward the headers and N body bytes, then send nothing for ms milliseconds, then
+//        the rest (if the client is still there)
+import http from 'node:http';
+
+const args = process.argv.slice(2);
+const opt = {};
+for (let i = 0; i < args.length; i++) {
+  const k = args[i].replace(/^--/, '');
+  if (i + 1 < args.length && !args[i + 1].startsWith('--')) opt[k] = args[++i];
+  else opt[k] = true;
+}
+if (!opt.target) {
+  console.error('faultproxy: --target http://host:port is required');
+  process.exit(2);
+}
+const target = new URL(opt.target);
+if (target.protocol !== 'http:') {
+  console.error('faultproxy: only http:// upstreams are supported');
+  process.exit(2);
+}
+
+const upstreamAgent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+const KINDS = ['none', 'status', 'reset', 'truncate', 'stall'];
+let rule = { kind: 'none' };
+let left = 0;
+let stats;
+function resetStats() {
+  stats = {
+    requests: 0, byMethod: {}, blobGets: 0, rangedGets: 0, heads: 0,
+    faults: { status: 0, reset: 0, truncate: 0, stall: 0 }, injected: 0,
+  };
+}
+resetStats();
+
+function setRule(r) {
+  if (!r || typeof r !== 'object' || !KINDS.includes(r.kind)) {
+    throw new Error(`rule.kind must be one of ${KINDS.join(', ')}`);
+  }
+  if (r.kind === 'status' && !(Number.isInteger(r.status) && r.status >= 100 && r.status < 600)) {
+    throw new Error('status rule needs an integer status');
+  }
+  rule = { ...r };
+  left = r.kind === 'none' ? 0 : Number.isInteger(r.count) ? r.count : 1;
+}
+if (opt.rule) setRule(JSON.parse(opt.rule));
+
+function matches(req) {
+  if (rule.kind === 'none' || left <= 0) return false;
+  const methods = Array.isArray(rule.methods) ? rule.methods : ['GET'];
+  if (!methods.includes(req.method)) return false;
+  if (rule.match) {
+    let path = req.url;
+    try { path = decodeURIComponent(req.url.split('?')[0]); } catch { /* keep raw */ }
+    if (!path.includes(rule.match)) return false;
+  }
+  return true;
+}
+
+function takeFault(kind) {
+  left--;
+  stats.faults[kind]++;
+  stats.injected++;
+}
+
+function json(res, code, obj) {
+  const body = JSON.stringify(obj);
+  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let n = 0;
+    req.on('data', (c) => {
+      n += c.length;
+      if (n > 65536) reject(new Error('control body too large'));
+      else chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+async function control(req, res) {
+  const path = req.url.split('?')[0];
+  try {
+    if (path === '/__fault' && req.method === 'POST') {
+      setRule(JSON.parse(await readBody(req)));
+      return json(res, 200, { rule, left });
+    }
+    if (path === '/__fault' && req.method === 'GET') return json(res, 200, { rule, left });
+    if (path === '/__stats' && req.method === 'GET') return json(res, 200, stats);
+    if (path === '/__stats/reset' && req.method === 'POST') {
+      resetStats();
+      return json(res, 200, stats);
+    }
+    return json(res, 404, { error: 'unknown control endpoint' });
+  } catch (e) {
+    return json(res, 400, { error: e.message });
+  }
+}
+
+const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
+
+function rawWithout(raw, drop) {
+  const out = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (!drop.has(raw[i].toLowerCase())) out.push(raw[i], raw[i + 1]);
+  }
+  return out;
+}
+
+// Forwards req upstream; hands the upstream response to onResponse(ures) or answers 502.
+function forward(req, res, onResponse) {
+  const headers = {};
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    const k = req.rawHeaders[i];
+    if (HOP.has(k.toLowerCase())) continue;
+    headers[k] = headers[k] === undefined ? req.rawHeaders[i + 1] : `${headers[k]}, ${req.rawHeaders[i + 1]}`;
+  }
+  const ureq = http.request({
+    host: target.hostname, port: target.port, method: req.method, path: req.url,
+    headers, agent: upstreamAgent,
+  }, onResponse);
+  ureq.on('error', (e) => {
+    if (!res.headersSent) json(res, 502, { error: `upstream: ${e.message}` });
+    else res.destroy();
+  });
+  req.pipe(ureq);
+}
+
+function passThrough(req, res) {
+  forward(req, res, (ures) => {
+    res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
+    ures.pipe(res);
+  });
+}
+
+function injectStatus(req, res) {
+  takeFault('status');
+  const code = rule.status;
+  const errorCode = rule.errorCode ?? (code === 503 ? 'ServerBusy' : code === 500 ? 'InternalError' : 'InjectedFault');
+  const headers = { 'x-ms-error-code': errorCode, 'content-type': 'application/xml' };
+  if (rule.retryAfter !== undefined) headers['retry-after'] = String(rule.retryAfter);
+  const body = req.method === 'HEAD' ? '' :
+    `<?xml version="1.0" encoding="utf-8"?><Error><Code>${errorCode}</Code><Message>injected by faultproxy</Message></Error>`;
+  headers['content-length'] = Buffer.byteLength(body);
+  req.resume();
+  res.writeHead(code, headers);
+  res.end(body);
+}
+
+// Forwards, then cuts the body after `limit` bytes: `how` is 'reset' (RST) or 'truncate' (FIN).
+function injectCut(req, res, how) {
+  forward(req, res, (ures) => {
+    const len = Number(ures.headers['content-length'] ?? NaN);
+    const limit = how === 'reset' ? Number(rule.afterBytes ?? 0)
+      : rule.afterBytes !== undefined ? Number(rule.afterBytes) : Math.floor(len / 2);
+    if (!(ures.statusCode >= 200 && ures.statusCode < 300) || !(len > limit)) {
+      res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
+      ures.pipe(res);
+      return;
+    }
+    takeFault(how);
+    res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
+    res.flushHeaders();
+    let sent = 0;
+    let done = false;
+    ures.on('data', (chunk) => {
+      if (done) return;
+      const room = limit - sent;
+      const part = chunk.length <= room ? chunk : chunk.subarray(0, room);
+      sent += part.length;
+      const cut = sent >= limit;
+      if (part.length) res.socket.write(part);
+      if (!cut) return;
+      done = true;
+      ures.destroy();
+      const sock = res.socket;
+      if (how === 'reset') {
+        // let the written bytes leave, then abort the connection
+        setTimeout(() => (sock.resetAndDestroy ? sock.resetAndDestroy() : sock.destroy()), 20);
+      } else {
+        sock.end();
+      }
+    });
+    ures.on('error', () => res.destroy());
+  });
+}
+
+// Forwards the headers and `after` body bytes, pauses `ms`, then sends the rest.
+function injectStallBody(req, res, after, ms) {
+  forward(req, res, (ures) => {
+    const len = Number(ures.headers['content-length'] ?? NaN);
+    res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
+    if (!(ures.statusCode >= 200 && ures.statusCode < 300) || !(len > after)) {
+      ures.pipe(res);
+      return;
+    }
+    takeFault('stall');
+    res.flushHeaders();
+    let sent = 0;
+    let paused = false;
+    ures.on('data', (chunk) => {
+      if (paused || sent >= after) {
+        res.write(chunk);
+        return;
+      }
+      const head = chunk.subarray(0, after - sent);
+      const rest = chunk.subarray(head.length);
+      sent += head.length;
+      if (head.length) res.write(head);
+      if (sent < after) return;
+      paused = true;
+      ures.pause();
+      setTimeout(() => {
+        if (res.destroyed) {
+          ures.destroy();
+          return;
+        }
+        if (rest.length) res.write(rest);
+        ures.resume();
+      }, ms);
+    });
+    ures.on('end', () => res.end());
+    ures.on('error', () => res.destroy());
+    res.on('close', () => ures.destroy());
+  });
+}
+
+function injectStall(req, res) {
+  const ms = Number(rule.ms ?? 3000);
+  if (rule.afterBytes !== undefined) return injectStallBody(req, res, Number(rule.afterBytes), ms);
+  takeFault('stall');
+  let gone = false;
+  res.on('close', () => { gone = true; });
+  req.pause();
+  setTimeout(() => {
+    if (gone) return;
+    req.resume();
+    passThrough(req, res);
+  }, ms);
+}
+
+const server = http.createServer((req, res) => {
+  if (req.url.startsWith('/__')) {
+    control(req, res);
+    return;
+  }
+  stats.requests++;
+  stats.byMethod[req.method] = (stats.byMethod[req.method] ?? 0) + 1;
+  if (req.method === 'HEAD') stats.heads++;
+  if (req.method === 'GET') {
+    stats.blobGets++;
+    if (req.headers['x-ms-range'] || req.headers.range) stats.rangedGets++;
+  }
+  if (!matches(req)) return passThrough(req, res);
+  switch (rule.kind) {
+    case 'status': return injectStatus(req, res);
+    case 'reset': return injectCut(req, res, 'reset');
+    case 'truncate': return injectCut(req, res, 'truncate');
+    case 'stall': return injectStall(req, res);
+    default: return passThrough(req, res);
+  }
+});
+server.keepAliveTimeout = 30000;
+server.on('clientError', (e, sock) => sock.destroy());
+
+server.listen(Number(opt.port ?? 0), '127.0.0.1', () => {
+  process.stdout.write(`listening ${server.address().port}\n`);
+});
+
+function quit() {
+  server.close();
+  upstreamAgent.destroy();
+  process.exit(0);
+}
+process.on('SIGTERM', quit);
+process.on('SIGINT', quit);
+if (opt['exit-on-stdin-eof']) {
+  process.stdin.on('end', quit);
+  process.stdin.on('error', quit);
+  process.stdin.resume();
+}
+const lifetime = Number(opt['max-lifetime-s'] ?? 1800);
+setTimeout(quit, lifetime * 1000).unref();
