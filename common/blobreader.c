@@ -71,6 +71,21 @@ size_t bs_range_split(uint64_t off, uint64_t len, uint64_t grid, uint64_t (*piec
     return n;
 }
 
+size_t bs_range_merge_slivers(uint64_t (*pieces)[2], size_t n, uint64_t min_len)
+{
+    if (n >= 2 && pieces[n - 1][1] < min_len) {
+        pieces[n - 2][1] += pieces[n - 1][1];
+        n--;
+    }
+    if (n >= 2 && pieces[0][1] < min_len) {
+        pieces[1][0] = pieces[0][0];
+        pieces[1][1] += pieces[0][1];
+        memmove(pieces, pieces + 1, (n - 1) * sizeof(*pieces));
+        n--;
+    }
+    return n;
+}
+
 static void fail(char *err, size_t errsz, const struct target *t, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -178,7 +193,7 @@ struct bs_blobreader *bs_blobreader_create(const struct bs_blobreader_opts *opts
         return NULL;
     r->o = *opts;
     if (r->o.range_bytes == 0)
-        r->o.range_bytes = 4u << 20;
+        r->o.range_bytes = 8u << 20;
     if (r->o.props_max_entries < 1)
         r->o.props_max_entries = 1;
     r->fetch = fetch;
@@ -539,6 +554,7 @@ static int read_pieces(struct bs_blobreader *r, const struct target *tp, const c
         return -ENOMEM;
     }
     bs_range_split(off, len, r->o.range_bytes, ranges, n);
+    n = bs_range_merge_slivers(ranges, n, r->o.range_bytes / 4);
     for (size_t i = 0; i < n; i++) {
         ps[i].start = ranges[i][0];
         ps[i].len = ranges[i][1];

@@ -65,4 +65,8 @@ int bs_blobreader_read_version(struct bs_blobreader *r, struct bs_azcred *cred, 
  * written). len 0 gives 0 pieces. */
 size_t bs_range_split(uint64_t off, uint64_t len, uint64_t grid, uint64_t (*pieces)[2], size_t max);
 
+/* Merges a first or last piece shorter than min_len into its neighbour, so that an
+ * unaligned read does not pay a whole request for a sliver. Returns the new count. */
+size_t bs_range_merge_slivers(uint64_t (*pieces)[2], size_t n, uint64_t min_len);
+
 #endif

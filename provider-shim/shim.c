@@ -38,8 +38,10 @@ struct shim_config {
 
 #define F(field) offsetof(struct shim_config, field)
 static const struct bs_cfg_entry shim_settings[] = {
-    {"BLOBSWARM_RANGE_BYTES", BS_CFG_BYTES, 64 << 10, 256 << 20, "4M", F(range_bytes),
-     "grid of the parallel ranged GETs a read is split into", 0},
+    {"BLOBSWARM_RANGE_BYTES", BS_CFG_BYTES, 64 << 10, 256 << 20, "8M", F(range_bytes),
+     "grid of the parallel ranged GETs a read is split into (edge slivers under a quarter "
+     "merge into their neighbour)",
+     0},
     {"BLOBSWARM_MAX_CONNECTIONS", BS_CFG_INT, 1, 1024, "64", F(max_connections),
      "HTTP transfers in flight per process (keep-alive connections kept)", 0},
     {"BLOBSWARM_IO_THREADS", BS_CFG_INT, 1, 16, "2", F(io_threads),

@@ -484,7 +484,10 @@ static int read_blob(const struct provider *p, const struct options *o, uint64_t
         snprintf(msg, msg_size, "out of memory");
         return -1;
     }
-    *j = (struct read_job){.p = p, .o = o, .base = r->buf, .size = size};
+    j->p = p; /* calloc: the counters and the failure flag start at 0 */
+    j->o = o;
+    j->base = r->buf;
+    j->size = size;
     pthread_mutex_init(&j->msg_lock, NULL);
 
     double t0 = now_seconds();

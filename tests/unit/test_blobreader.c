@@ -234,6 +234,38 @@ static void test_randomised(void **state)
     }
 }
 
+/* Slivers at either end join their neighbour; interior pieces and large edges stay. */
+static void test_merge_slivers(void **state)
+{
+    (void)state;
+    const uint64_t M = 1 << 20;
+    uint64_t p[8][2];
+    /* [7M+1, 15M+1) on an 8M grid: 1M-1 then 7M+1 pieces -> first is a sliver. */
+    size_t n = bs_range_split(7 * M + 1, 8 * M, 8 * M, p, 8);
+    assert_int_equal(n, 2);
+    n = bs_range_merge_slivers(p, n, 2 * M);
+    assert_int_equal(n, 1);
+    assert_true(p[0][0] == 7 * M + 1 && p[0][1] == 8 * M);
+    /* [1M, 17M+5): 7M, 8M, 1M+5 -> last joins the middle. */
+    n = bs_range_split(M, 16 * M + 5, 8 * M, p, 8);
+    assert_int_equal(n, 3);
+    n = bs_range_merge_slivers(p, n, 2 * M);
+    assert_int_equal(n, 2);
+    assert_true(p[0][0] == M && p[0][1] == 7 * M);
+    assert_true(p[1][0] == 8 * M && p[1][1] == 9 * M + 5);
+    /* Both ends slivers, one interior piece. */
+    n = bs_range_split(8 * M - 10, 8 * M + 20, 8 * M, p, 8);
+    assert_int_equal(n, 3);
+    n = bs_range_merge_slivers(p, n, 2 * M);
+    assert_int_equal(n, 1);
+    assert_true(p[0][0] == 8 * M - 10 && p[0][1] == 8 * M + 20);
+    /* A single piece is never touched; no sliver, no change. */
+    n = bs_range_split(0, 100, 8 * M, p, 8);
+    assert_int_equal(bs_range_merge_slivers(p, n, 2 * M), 1);
+    n = bs_range_split(4 * M, 8 * M, 8 * M, p, 8);
+    assert_int_equal(bs_range_merge_slivers(p, n, 2 * M), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -247,6 +279,7 @@ int main(void)
         cmocka_unit_test(test_zero_length),
         cmocka_unit_test(test_grid_not_power_of_two),
         cmocka_unit_test(test_randomised),
+        cmocka_unit_test(test_merge_slivers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
