@@ -28,8 +28,8 @@ struct bs_azcred {
     char *key;           /* base64 account key */
     char *sas;           /* SAS query without '?' */
     struct bs_token_source *tok;
-    char *static_token;   /* a delegated bearer token */
-    int imds_guess; /* tok is the IMDS guess of an unconfigured process */
+    char *static_token; /* a delegated bearer token */
+    int imds_guess;     /* tok is the IMDS guess of an unconfigured process */
     int imds_settled;
     pthread_mutex_t lock;
 };
@@ -279,7 +279,7 @@ static int bearer_token(struct bs_azcred *c, char *tok, size_t toksz, char *err,
 static const char *resolve_account(const struct bs_azcred *c, const char *requested, char *err,
                                    size_t errsz)
 {
-    const char *account = c->fixed_account        ? c->fixed_account
+    const char *account = c->fixed_account          ? c->fixed_account
                           : requested && *requested ? requested
                                                     : c->env_account;
     if (!account || !*account) {
@@ -427,7 +427,10 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
     switch (kind) {
     case BS_AUTH_SHARED_KEY:
         d->kind = BS_AUTH_SAS;
-        if (bs_sharedkey_blob_sas(acct, c->key, container, blob, time(NULL), ttl_s, d->secret,
+        /* Minted for a fixed window, so every call (and every process) in the window hands
+         * over the same SAS and the agent's grant for it keeps serving. */
+        time_t w = ttl_s > 0 ? (time_t)ttl_s : 600, now = time(NULL);
+        if (bs_sharedkey_blob_sas(acct, c->key, container, blob, now - now % w, 2 * w, d->secret,
                                   sizeof(d->secret)) != 0) {
             snprintf(err, errsz, "cannot mint a SAS with the account key");
             return -EINVAL;
@@ -455,8 +458,7 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
     return -EINVAL;
 }
 
-struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char *err,
-                                            size_t errsz)
+struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char *err, size_t errsz)
 {
     struct bs_azcred *c = calloc(1, sizeof(*c));
     if (!c) {

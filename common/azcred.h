@@ -50,7 +50,8 @@ int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t
 
 /* Read access to one blob handed to the node agent: what it needs to read that blob on the
  * caller's behalf and nothing more. Shared Key never leaves the process: it is turned into a
- * read-only SAS for the one blob, valid for `ttl_s`. SAS and bearer tokens pass as they are. */
+ * read-only SAS for the one blob, minted per window of `ttl_s` seconds and valid for at least
+ * one more window. SAS and bearer tokens pass as they are. */
 #define BS_SECRET_MAX 16384
 struct bs_delegation {
     enum bs_auth_kind kind; /* BS_AUTH_SAS, BS_AUTH_BEARER or BS_AUTH_ANONYMOUS */
@@ -65,8 +66,7 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
                        size_t errsz);
 /* The agent's side: a credential that reads with exactly what was delegated, at d->endpoint.
  * The caller must have checked d->endpoint against its allow-list. */
-struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char *err,
-                                            size_t errsz);
+struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char *err, size_t errsz);
 
 /* Drops a cached token after a 401/403 so the next request fetches a fresh one. */
 void bs_azcred_invalidate(struct bs_azcred *c);

@@ -631,3 +631,10 @@ static int read_pieces(struct bs_blobreader *r, const struct target *tp, const c
     free(ps);
     return rc;
 }
+
+void bs_blobreader_forget(struct bs_blobreader *r, const char *account, const char *container,
+                          const char *blob)
+{
+    struct target t = {account, container, blob, NULL};
+    props_forget(r, &t);
+}

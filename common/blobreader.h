@@ -60,6 +60,10 @@ int bs_blobreader_read_version(struct bs_blobreader *r, struct bs_azcred *cred, 
                                const char *container, const char *blob, const char *etag, void *buf,
                                uint64_t off, size_t len, char *err, size_t errsz);
 
+/* Forgets the cached properties of a blob (after it was found changed). */
+void bs_blobreader_forget(struct bs_blobreader *r, const char *account, const char *container,
+                          const char *blob);
+
 /* Splits [off, off+len) on a grid of `grid` bytes. Writes up to max pieces as (start, len)
  * pairs; returns the number of pieces needed (may exceed max; then nothing beyond max is
  * written). len 0 gives 0 pieces. */

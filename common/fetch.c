@@ -105,6 +105,8 @@ static size_t on_header(char *data, size_t sz, size_t n, void *ud)
         r->etag[0] = r->error_code[0] = '\0';
         r->retry_after_ms = -1;
         r->content_length = UINT64_MAX;
+        if (r->capture_cap)
+            r->capture[0] = '\0';
         return len;
     }
     const char *colon = memchr(data, ':', len);
@@ -148,6 +150,12 @@ static size_t on_header(char *data, size_t sz, size_t n, void *ud)
             if (end != tmp && *end == '\0')
                 r->content_length = cl;
         }
+    } else if (r->capture_header && nl == strlen(r->capture_header) &&
+               strncasecmp(data, r->capture_header, nl) == 0 && r->capture_cap) {
+        if (vl >= r->capture_cap)
+            vl = r->capture_cap - 1;
+        memcpy(r->capture, v, vl);
+        r->capture[vl] = '\0';
     }
 #undef IS
     return len;
@@ -187,6 +195,10 @@ static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(h, CURLOPT_PRIVATE, r);
     curl_easy_setopt(h, CURLOPT_NOBODY, r->head ? 1L : 0L);
+    if (r->post_body)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->post_body);
+    if (r->capture_cap)
+        r->capture[0] = '\0';
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);

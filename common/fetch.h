@@ -27,6 +27,10 @@ struct bs_fetch_req {
     int head;  /* HEAD instead of GET */
     char *dst; /* body destination (GET), at most dst_cap bytes are accepted */
     size_t dst_cap;
+    const char *post_body;      /* POST this NUL-terminated body instead of GET, or NULL */
+    const char *capture_header; /* one more response header to keep (into capture), or NULL */
+    char *capture;
+    size_t capture_cap;
     /* out, valid after completion */
     int curl_code;           /* CURLcode; 0 when the exchange completed */
     long status;             /* HTTP status, 0 when none */

@@ -295,8 +295,9 @@ int bs_sharedkey_blob_sas(const char *account, const char *key_b64, const char *
     char st[64], se[64], sts[4096], sig[64], esig[200], est[64], ese[64];
     iso8601(now - 300, st, sizeof(st)); /* tolerate clock skew between hosts */
     iso8601(now + ttl_s, se, sizeof(se));
-    int n = snprintf(sts, sizeof(sts), "r\n%s\n%s\n/blob/%s/%s/%s\n\n\nhttps,http\n%s\nb\n\n\n\n\n\n\n",
-                     st, se, account, container, blob, BS_SAS_VERSION);
+    int n =
+        snprintf(sts, sizeof(sts), "r\n%s\n%s\n/blob/%s/%s/%s\n\n\nhttps,http\n%s\nb\n\n\n\n\n\n\n",
+                 st, se, account, container, blob, BS_SAS_VERSION);
     if (n < 0 || (size_t)n >= sizeof(sts))
         return -ENOSPC;
     if (bs_sharedkey_sign(key_b64, sts, sig, sizeof(sig)) != 0)
@@ -304,7 +305,7 @@ int bs_sharedkey_blob_sas(const char *account, const char *key_b64, const char *
     bs_url_encode_component(sig, esig, sizeof(esig));
     bs_url_encode_component(st, est, sizeof(est));
     bs_url_encode_component(se, ese, sizeof(ese));
-    n = snprintf(out, outsz, "sv=%s&spr=https%%2Chttp&st=%s&se=%s&sr=b&sp=r&sig=%s",
-                 BS_SAS_VERSION, est, ese, esig);
+    n = snprintf(out, outsz, "sv=%s&spr=https%%2Chttp&st=%s&se=%s&sr=b&sp=r&sig=%s", BS_SAS_VERSION,
+                 est, ese, esig);
     return n < 0 || (size_t)n >= outsz ? -ENOSPC : 0;
 }

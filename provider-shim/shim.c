@@ -1,8 +1,8 @@
 /* libblobswarm.so: the streamer's cache-provider ABI (cache_abi.h). It owns the process-wide
  * reader state: created lazily on the first blob_read from the environment, torn down by
- * shutdown, created again by a later blob_read. It reads Azure directly; it does not yet ask
- * a node agent (that path arrives with the agent). It never prints unless
- * BLOBSWARM_LOG_LEVEL asks, and never exits the process. */
+ * shutdown, created again by a later blob_read. A read asks the node agent first
+ * (agentclient.h) and reads from Azure whatever the agent does not serve. It never prints
+ * unless BLOBSWARM_LOG_LEVEL asks, and never exits the process. */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agentclient.h"
 #include "azcred.h"
 #include "blobreader.h"
 #include "cache_abi.h"
@@ -34,8 +35,15 @@ struct shim_config {
     char log_level[BS_CFG_STR_MAX];
     char ca_bundle[BS_CFG_STR_MAX];
     char blob_endpoint[BS_CFG_STR_MAX];
+    char agent[BS_CFG_STR_MAX];
+    long long agent_timeout_ms;
+    long long agent_cooloff_ms;
+    long long agent_max_idle;
+    long long delegate_window_s;
 };
 
+#define DEFAULT_AGENT_HINT                                                                         \
+    "/run/blobswarm/agent.sock if present, else the node-local Service inside Kubernetes"
 #define F(field) offsetof(struct shim_config, field)
 static const struct bs_cfg_entry shim_settings[] = {
     {"BLOBSWARM_RANGE_BYTES", BS_CFG_BYTES, 64 << 10, 256 << 20, "8M", F(range_bytes),
@@ -70,6 +78,17 @@ static const struct bs_cfg_entry shim_settings[] = {
      "CA certificates file for HTTPS (default: the system store)", 0},
     {"BLOBSWARM_BLOB_ENDPOINT", BS_CFG_STR, 0, 1000, "", F(blob_endpoint),
      "blob endpoint base URL overriding https://<account>.<suffix>; {account} is replaced", 0},
+    {"BLOBSWARM_AGENT", BS_CFG_STR, 0, 500, "", F(agent),
+     "node agent: unix:/path, /path or http://host:port; empty: " DEFAULT_AGENT_HINT "; off: never",
+     0},
+    {"BLOBSWARM_AGENT_TIMEOUT_MS", BS_CFG_MS, 10, 600000, "5000", F(agent_timeout_ms),
+     "limit for the agent's answer to one read, its fills included", 0},
+    {"BLOBSWARM_AGENT_COOLOFF_MS", BS_CFG_MS, 0, 3600000, "30000", F(agent_cooloff_ms),
+     "after an agent failure, reads go straight to Azure this long", 0},
+    {"BLOBSWARM_AGENT_MAX_IDLE", BS_CFG_INT, 1, 4096, "64", F(agent_max_idle),
+     "idle connections to the agent kept open", 0},
+    {"BLOBSWARM_DELEGATE_WINDOW_S", BS_CFG_INT, 60, 86400, "600", F(delegate_window_s),
+     "a SAS minted from the account key for the agent is valid for 1-2 windows", 0},
 };
 #undef F
 
@@ -78,6 +97,7 @@ struct shim_state {
     struct bs_fetch *fetch;
     struct bs_azcred *cred;
     struct bs_blobreader *reader;
+    struct bs_agentclient *agent; /* NULL: no agent */
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -89,6 +109,7 @@ static void state_destroy(struct shim_state *s)
 {
     if (!s)
         return;
+    bs_agentclient_destroy(s->agent);
     bs_blobreader_destroy(s->reader);
     bs_fetch_destroy(s->fetch);
     bs_azcred_destroy(s->cred);
@@ -141,6 +162,13 @@ static struct shim_state *state_create(char *err, size_t errsz)
         snprintf(err, errsz, "out of memory");
         goto out_fail;
     }
+    struct bs_agentclient_opts aopts = {
+        .address = c->agent,
+        .timeout_ms = c->agent_timeout_ms,
+        .cooloff_ms = c->agent_cooloff_ms,
+        .max_idle = (int)c->agent_max_idle,
+    };
+    s->agent = bs_agentclient_create(&aopts, s->fetch);
     if (bs_log_threshold >= BS_LOG_INFO) {
         char line[1536];
         bs_cfg_format(shim_settings, sizeof(shim_settings) / sizeof(shim_settings[0]), c, line,
@@ -153,6 +181,50 @@ static struct shim_state *state_create(char *err, size_t errsz)
 out_fail:
     state_destroy(s);
     return NULL;
+}
+
+/* Reads through the agent, then from Azure (same ETag) whatever the agent did not serve. */
+static int read_via_agent(struct shim_state *s, const char *account, const char *container,
+                          const char *blob, void *buf, uint64_t off, size_t len, char *err,
+                          size_t errsz)
+{
+    struct bs_blob_props props;
+    int rc = bs_blobreader_props(s->reader, s->cred, account, container, blob, &props, err, errsz);
+    if (rc)
+        return rc;
+    if (off > props.size || len > props.size - off || len == 0)
+        return bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, off, len, err,
+                                  errsz); /* the direct path words range errors */
+    struct bs_delegation *d = malloc(sizeof(*d));
+    size_t max = len / (1u << 20) + 3; /* chunks are at least 1 MiB */
+    uint64_t(*missing)[2] = malloc(max * sizeof(*missing));
+    size_t nmiss = 1;
+    if (!d || !missing ||
+        bs_azcred_delegate(s->cred, account, container, blob, s->cfg.delegate_window_s, d, err,
+                           errsz) != 0) {
+        if (missing) {
+            missing[0][0] = off;
+            missing[0][1] = len;
+        } else {
+            nmiss = 0;
+            rc = bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, off, len,
+                                    err, errsz);
+        }
+    } else {
+        nmiss = bs_agentclient_read(s->agent, d, container, blob, props.etag, props.size, buf, off,
+                                    len, missing, max);
+    }
+    for (size_t i = 0; i < nmiss && rc == 0; i++)
+        rc = bs_blobreader_read_version(s->reader, s->cred, account, container, blob, props.etag,
+                                        (char *)buf + (missing[i][0] - off), missing[i][0],
+                                        (size_t)missing[i][1], err, errsz);
+    if (rc == -ESTALE)
+        bs_blobreader_forget(s->reader, account, container, blob);
+    if (d)
+        memset(d->secret, 0, sizeof(d->secret));
+    free(d);
+    free(missing);
+    return rc;
 }
 
 static void set_error(char *error_buf, size_t error_buf_size, const char *msg)
@@ -197,8 +269,11 @@ BS_ABI_EXPORT ssize_t blob_read(const char *account, const char *container, cons
         return -1;
     }
 
-    int rc = bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, offset, length,
-                                err, sizeof(err));
+    int rc =
+        s->agent && bs_agentclient_usable(s->agent)
+            ? read_via_agent(s, account, container, blob, buf, offset, length, err, sizeof(err))
+            : bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, offset, length,
+                                 err, sizeof(err));
 
     pthread_mutex_lock(&g_lock);
     if (--g_active == 0)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libhiredis-dev libcmocka-dev
-  redis-server curl openssl iproute2 procps
+  redis-server curl openssl iproute2 procps prometheus
   nodejs npm
 )
 

@@ -26,3 +26,20 @@ set_tests_properties(unit_dlopen_bare unit_exports PROPERTIES LABELS unit TIMEOU
 if(CMAKE_NM)
   set_tests_properties(unit_exports PROPERTIES ENVIRONMENT "NM=${CMAKE_NM}")
 endif()
+
+# agent/metrics: the registry's cmocka tests, then promtool on a sample exposition the same
+# binary writes (unit_metrics --write-sample FILE). The promtool check is skipped (exit 77)
+# where promtool is not installed (scripts/setup.sh installs Debian's prometheus package).
+add_executable(unit_metrics ${CMAKE_CURRENT_LIST_DIR}/test_metrics.c)
+target_link_libraries(unit_metrics PRIVATE bs_agent PkgConfig::CMOCKA Threads::Threads)
+add_test(NAME unit_metrics COMMAND unit_metrics)
+add_test(NAME unit_metrics_sample
+         COMMAND unit_metrics --write-sample ${CMAKE_CURRENT_BINARY_DIR}/metrics-sample.prom)
+add_test(NAME unit_metrics_promtool
+         COMMAND ${BS_BASH} ${BS_TEST_TOOLS}/check-metrics.sh
+                 ${CMAKE_CURRENT_BINARY_DIR}/metrics-sample.prom)
+set_tests_properties(unit_metrics_sample PROPERTIES FIXTURES_SETUP metrics_sample)
+set_tests_properties(unit_metrics_promtool PROPERTIES FIXTURES_REQUIRED metrics_sample
+                     SKIP_RETURN_CODE 77)
+set_tests_properties(unit_metrics unit_metrics_sample unit_metrics_promtool PROPERTIES
+                     LABELS unit TIMEOUT 120)

@@ -1,0 +1,317 @@
+/* HTTP API (see httpsrv.h). Request bodies are collected up to BS_PROTO_MAX_FRAME per
+ * connection and freed when MHD reports the request completed. */
+#include "httpsrv.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "agentproto.h"
+#include "fetch.h"
+#include "log.h"
+#include "metrics.h"
+#include "service.h"
+#include "store.h"
+
+struct bs_httpsrv {
+    struct MHD_Daemon *d;
+    int port;
+    atomic_int ready;
+    struct bs_service *svc;
+    struct bs_metrics *metrics;
+    struct bs_store *store;
+    struct bs_metric *m_store_bytes, *m_store_budget, *m_store_chunks, *m_store_blobs,
+        *m_evicted_chunks, *m_evicted_bytes, *m_dropped, *m_put_errors, *m_http, *m_inflight,
+        *m_seconds;
+};
+
+struct body {
+    size_t len;
+    int too_large;
+    char data[];
+};
+
+static const double serve_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                       0.025,  0.05,    0.1,    0.25,  0.5,    1,     5};
+
+static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, const char *type,
+                                 const char *text)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", type);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void refresh_store_gauges(struct bs_httpsrv *h)
+{
+    struct bs_store_stats st;
+    bs_store_get_stats(h->store, &st);
+    bs_metric_set(h->m_store_bytes, NULL, (double)st.bytes);
+    bs_metric_set(h->m_store_budget, NULL, (double)st.budget_bytes);
+    bs_metric_set(h->m_store_chunks, NULL, (double)st.chunks);
+    bs_metric_set(h->m_store_blobs, NULL, (double)st.blobs);
+    bs_metric_set(h->m_evicted_chunks, NULL, (double)st.evicted_chunks);
+    bs_metric_set(h->m_evicted_bytes, NULL, (double)st.evicted_bytes);
+    bs_metric_set(h->m_dropped, NULL, (double)st.dropped_corrupt);
+    bs_metric_set(h->m_put_errors, NULL, (double)st.put_errors);
+}
+
+static enum MHD_Result serve_metrics(struct bs_httpsrv *h, struct MHD_Connection *c)
+{
+    refresh_store_gauges(h);
+    size_t len = 0;
+    char *text = bs_metrics_render(h->metrics, &len);
+    if (!text)
+        return send_text(c, 500, "text/plain", "out of memory\n");
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* Answers POST /v1/chunk with the meta header and, for a served chunk, the wanted blocks of
+ * the chunk file as the body. */
+static enum MHD_Result serve_chunk(struct bs_httpsrv *h, struct MHD_Connection *c,
+                                   const struct body *b)
+{
+    uint64_t t0 = bs_now_ns();
+    struct bs_chunk_req *req = malloc(sizeof(*req));
+    struct bs_chunk_reply *rep = malloc(sizeof(*rep));
+    enum MHD_Result ret = MHD_NO;
+    char err[150];
+    int fd = -1;
+    if (!req || !rep)
+        goto out;
+    memset(rep, 0, sizeof(*rep) - sizeof(rep->crcs));
+    if (bs_proto_decode_req(b->data, b->len, req, err, sizeof(err)) != 0) {
+        rep->status = BS_CHUNK_ERROR;
+        snprintf(rep->reason, sizeof(rep->reason), "%s", err);
+    } else {
+        struct bs_chunk_ref *ref = NULL;
+        bs_service_chunk(h->svc, req, rep, &ref);
+        if (ref) {
+            fd = bs_chunk_ref_open(ref);
+            bs_service_release(h->svc, ref);
+            uint64_t bs = rep->block_size;
+            uint64_t so = req->sub_off, sl = req->sub_len ? req->sub_len : rep->length;
+            int bad_range = so % bs || so > rep->length || sl > rep->length - so ||
+                            ((so + sl) % bs && so + sl != rep->length);
+            if (fd < 0 || bad_range) {
+                if (fd >= 0)
+                    close(fd);
+                fd = -1;
+                rep->status = bad_range ? BS_CHUNK_ERROR : BS_CHUNK_MISS;
+                snprintf(rep->reason, sizeof(rep->reason), "%s",
+                         bad_range ? "sub-range is not block-aligned within the chunk"
+                                   : "chunk file unavailable");
+            } else {
+                rep->sub_off = so;
+                rep->sub_len = sl;
+            }
+        }
+    }
+    char *json = bs_proto_encode_reply(rep);
+    if (!json)
+        goto out;
+    struct MHD_Response *r;
+    if (fd >= 0) {
+        r = MHD_create_response_from_fd_at_offset64(rep->sub_len, fd, rep->sub_off);
+        if (r)
+            fd = -1; /* MHD closes it */
+    } else {
+        r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    }
+    if (r) {
+        MHD_add_response_header(r, BS_PROTO_META_HDR, json);
+        MHD_add_response_header(r, "Content-Type", "application/octet-stream");
+        ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+    }
+    free(json);
+    bs_metric_observe(h->m_seconds, "http", (double)(bs_now_ns() - t0) / 1e9);
+out:
+    if (fd >= 0)
+        close(fd);
+    free(req);
+    free(rep);
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    struct bs_httpsrv *h = cls;
+    if (strcmp(method, "POST") == 0 && strcmp(url, "/v1/chunk") == 0) {
+        struct body *b = *con_cls;
+        if (!b) {
+            b = calloc(1, sizeof(*b) + BS_PROTO_MAX_FRAME + 1);
+            if (!b)
+                return MHD_NO;
+            *con_cls = b;
+            return MHD_YES;
+        }
+        if (*upload_data_size) {
+            if (b->len + *upload_data_size > BS_PROTO_MAX_FRAME)
+                b->too_large = 1;
+            else
+                memcpy(b->data + b->len, upload_data, *upload_data_size);
+            b->len += b->too_large ? 0 : *upload_data_size;
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+        bs_metric_add(h->m_http, "chunk", 1);
+        if (b->too_large)
+            return send_text(c, 413, "text/plain", "request too large\n");
+        bs_metric_add(h->m_inflight, "http", 1);
+        enum MHD_Result ret = serve_chunk(h, c, b);
+        bs_metric_add(h->m_inflight, "http", -1);
+        return ret;
+    }
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        bs_metric_add(h->m_http, "other", 1);
+        return send_text(c, 405, "text/plain", "method not allowed\n");
+    }
+    if (strcmp(url, "/metrics") == 0) {
+        bs_metric_add(h->m_http, "metrics", 1);
+        return serve_metrics(h, c);
+    }
+    if (strcmp(url, "/healthz") == 0) {
+        bs_metric_add(h->m_http, "healthz", 1);
+        return send_text(c, 200, "text/plain", "ok\n");
+    }
+    if (strcmp(url, "/readyz") == 0) {
+        bs_metric_add(h->m_http, "readyz", 1);
+        return atomic_load(&h->ready) ? send_text(c, 200, "text/plain", "ready\n")
+                                      : send_text(c, 503, "text/plain", "not ready\n");
+    }
+    bs_metric_add(h->m_http, "other", 1);
+    return send_text(c, 404, "text/plain", "not found\n");
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    (void)toe;
+    free(*con_cls);
+    *con_cls = NULL;
+}
+
+struct bs_httpsrv *bs_httpsrv_create(const char *listen, int max_conns, struct bs_service *svc,
+                                     struct bs_metrics *metrics, struct bs_store *store, char *err,
+                                     size_t errsz)
+{
+    char host[64];
+    unsigned port;
+    const char *colon = strrchr(listen, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    if (!colon || (size_t)(colon - listen) >= sizeof(host) || sscanf(colon + 1, "%u", &port) != 1 ||
+        port > 65535) {
+        snprintf(err, errsz, "listen address must be IPv4:port, got \"%s\"", listen);
+        return NULL;
+    }
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        snprintf(err, errsz, "listen address must be IPv4:port, got \"%s\"", listen);
+        return NULL;
+    }
+    sa.sin_port = htons((uint16_t)port);
+    struct bs_httpsrv *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    h->svc = svc;
+    h->metrics = metrics;
+    h->store = store;
+#define G(field, name, help) h->field = bs_metrics_gauge(metrics, name, help, NULL)
+    G(m_store_bytes, "blobswarm_store_bytes", "Bytes of chunk files in the store.");
+    G(m_store_budget, "blobswarm_store_budget_bytes", "The store's byte budget.");
+    G(m_store_chunks, "blobswarm_store_chunks", "Chunks in the store.");
+    G(m_store_blobs, "blobswarm_store_blob_versions", "Blob versions with chunks in the store.");
+#undef G
+    h->m_evicted_chunks = bs_metrics_counter(metrics, "blobswarm_store_evicted_chunks_total",
+                                             "Chunks evicted to stay within the budget.", NULL);
+    h->m_evicted_bytes = bs_metrics_counter(metrics, "blobswarm_store_evicted_bytes_total",
+                                            "Bytes evicted to stay within the budget.", NULL);
+    h->m_dropped = bs_metrics_counter(metrics, "blobswarm_store_dropped_corrupt_total",
+                                      "Chunk files found truncated or corrupt and deleted.", NULL);
+    h->m_put_errors = bs_metrics_counter(metrics, "blobswarm_store_put_errors_total",
+                                         "Chunk writes that failed (disk full, I/O).", NULL);
+    h->m_http = bs_metrics_counter(metrics, "blobswarm_agent_http_requests_total",
+                                   "HTTP requests, by endpoint.", "endpoint");
+    h->m_inflight = bs_metrics_gauge(metrics, "blobswarm_agent_inflight_requests",
+                                     "Requests being answered, by transport.", "transport");
+    h->m_seconds = bs_metrics_histogram(
+        metrics, "blobswarm_agent_serve_seconds", "Time to answer one chunk request, by transport.",
+        "transport", serve_buckets, sizeof(serve_buckets) / sizeof(serve_buckets[0]));
+    h->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                                MHD_USE_ITC | MHD_USE_ERROR_LOG,
+                            (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
+                            (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)max_conns, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(256 * 1024), MHD_OPTION_END);
+    if (!h->d) {
+        snprintf(err, errsz, "cannot listen on %s: %s", listen, strerror(errno));
+        free(h);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : (int)port;
+    atomic_store(&h->ready, 1);
+    return h;
+}
+
+int bs_httpsrv_port(const struct bs_httpsrv *h)
+{
+    return h->port;
+}
+
+void bs_httpsrv_set_ready(struct bs_httpsrv *h, int ready)
+{
+    atomic_store(&h->ready, ready);
+}
+
+void bs_httpsrv_destroy(struct bs_httpsrv *h, long drain_ms)
+{
+    if (!h)
+        return;
+    atomic_store(&h->ready, 0);
+    MHD_socket s = MHD_quiesce_daemon(h->d);
+    if (s != MHD_INVALID_SOCKET)
+        close(s);
+    uint64_t deadline = bs_now_ns() + (uint64_t)drain_ms * 1000000ull;
+    while (bs_now_ns() < deadline) {
+        const union MHD_DaemonInfo *info =
+            MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (!info || info->num_connections == 0)
+            break;
+        struct timespec ts = {0, 20 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    MHD_stop_daemon(h->d);
+    free(h);
+}

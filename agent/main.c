@@ -1,0 +1,368 @@
+/* blobswarm-agent: the node's chunk cache. Reads its configuration (one table: flags, env,
+ * optional JSON file), opens the store, starts the chunk service, the Unix socket and the
+ * HTTP API, then waits for SIGTERM/SIGINT and drains: readiness off, no new connections,
+ * requests in progress finish (bounded by BLOBSWARM_DRAIN_MS), exit 0. */
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "blobreader.h"
+#include "config.h"
+#include "fetch.h"
+#include "httpsrv.h"
+#include "log.h"
+#include "metrics.h"
+#include "service.h"
+#include "store.h"
+#include "unixsrv.h"
+
+struct agent_config {
+    char socket_path[BS_CFG_STR_MAX];
+    char listen[BS_CFG_STR_MAX];
+    char port_file[BS_CFG_STR_MAX];
+    char store_dir[BS_CFG_STR_MAX];
+    long long budget;
+    long long high_pct, low_pct;
+    long long chunk_bytes, block_bytes;
+    long long fill_workers, fill_queue, fill_wait_ms;
+    char allowed[BS_CFG_STR_MAX];
+    long long grant_ttl_ms, max_grants;
+    long long max_clients;
+    long long drain_ms;
+    long long origin_connections, origin_deadline_ms;
+    char ca_bundle[BS_CFG_STR_MAX];
+    char log_level[BS_CFG_STR_MAX];
+};
+
+#define F(field) offsetof(struct agent_config, field)
+static const struct bs_cfg_entry agent_settings[] = {
+    {"BLOBSWARM_AGENT_SOCKET", BS_CFG_STR, 0, 107, "/run/blobswarm/agent.sock", F(socket_path),
+     "Unix socket for the shims of this node (descriptor passing); empty: none", 0},
+    {"BLOBSWARM_AGENT_LISTEN", BS_CFG_STR, 0, 64, "0.0.0.0:8787", F(listen),
+     "HTTP API address IPv4:port (port 0: any free one); empty: none", 0},
+    {"BLOBSWARM_AGENT_PORT_FILE", BS_CFG_STR, 0, 1000, "", F(port_file),
+     "write the HTTP port here once listening (for tests and scripts)", 0},
+    {"BLOBSWARM_STORE_DIR", BS_CFG_STR, 1, 1000, "/var/lib/blobswarm/chunks", F(store_dir),
+     "directory of the chunk store", 0},
+    {"BLOBSWARM_STORE_BUDGET", BS_CFG_BYTES, 64LL << 20, 1LL << 50, "50G", F(budget),
+     "bytes the store may use on disk", 0},
+    {"BLOBSWARM_STORE_HIGH_PCT", BS_CFG_INT, 10, 100, "95", F(high_pct),
+     "a fill that would pass this share of the budget evicts ...", 0},
+    {"BLOBSWARM_STORE_LOW_PCT", BS_CFG_INT, 1, 99, "85", F(low_pct), "... down to this share", 0},
+    {"BLOBSWARM_CHUNK_BYTES", BS_CFG_BYTES, 1LL << 20, 64LL << 20, "8M", F(chunk_bytes),
+     "chunk grid of the store (see docs/agent.md for the measurement behind the default)", 0},
+    {"BLOBSWARM_BLOCK_BYTES", BS_CFG_BYTES, 4096, 1LL << 20, "64K", F(block_bytes),
+     "checksum block within a chunk (power of two)", 0},
+    {"BLOBSWARM_FILL_WORKERS", BS_CFG_INT, 1, 256, "16", F(fill_workers),
+     "concurrent origin fills; each holds one chunk in memory", 0},
+    {"BLOBSWARM_FILL_QUEUE", BS_CFG_INT, 1, 100000, "256", F(fill_queue),
+     "fills waiting for a worker; beyond this requests get CACHEMISS", 0},
+    {"BLOBSWARM_FILL_WAIT_MS", BS_CFG_MS, 10, 600000, "2000", F(fill_wait_ms),
+     "a request waits this long for its fill before answering CACHEMISS (keep it under the "
+     "shim's BLOBSWARM_AGENT_TIMEOUT_MS)",
+     0},
+    {"BLOBSWARM_ALLOWED_ENDPOINTS", BS_CFG_STR, 1, 1000,
+     "https://*.blob.core.windows.net,https://*.blob.core.chinacloudapi.cn,"
+     "https://*.blob.core.usgovcloudapi.net",
+     F(allowed), "blob endpoints delegated reads may go to ('*' = one name label or port)", 0},
+    {"BLOBSWARM_GRANT_TTL_MS", BS_CFG_MS, 1000, 3600000, "60000", F(grant_ttl_ms),
+     "how long a verified (credential, blob version) grant is trusted", 0},
+    {"BLOBSWARM_MAX_GRANTS", BS_CFG_INT, 16, 10000000, "65536", F(max_grants), "grants kept", 0},
+    {"BLOBSWARM_MAX_CLIENTS", BS_CFG_INT, 1, 65536, "1024", F(max_clients),
+     "connections per listener (Unix socket, HTTP)", 0},
+    {"BLOBSWARM_DRAIN_MS", BS_CFG_MS, 0, 600000, "10000", F(drain_ms),
+     "on SIGTERM, time given to requests in progress", 0},
+    {"BLOBSWARM_ORIGIN_CONNECTIONS", BS_CFG_INT, 1, 1024, "64", F(origin_connections),
+     "HTTP transfers to Azure in flight", 0},
+    {"BLOBSWARM_ORIGIN_DEADLINE_MS", BS_CFG_MS, 100, 3600000, "60000", F(origin_deadline_ms),
+     "limit for one origin read, retries included", 0},
+    {"BLOBSWARM_CA_BUNDLE", BS_CFG_STR, 0, 1000, "", F(ca_bundle),
+     "CA certificates file for HTTPS to Azure (default: the system store)", 0},
+    {"BLOBSWARM_LOG_LEVEL", BS_CFG_STR, 0, 16, "info", F(log_level), "error, warn, info or debug",
+     0},
+};
+#undef F
+#define NSETTINGS (sizeof(agent_settings) / sizeof(agent_settings[0]))
+
+/* Configuration sources, highest precedence first: flags, environment, JSON file. */
+struct sources {
+    int argc;
+    char **argv;
+    json_t *file;
+    char buf[BS_CFG_STR_MAX];
+};
+
+/* "BLOBSWARM_STORE_DIR" -> "store-dir" (flag) or "store_dir" (file key). */
+static void short_name(const char *name, char sep, char *out, size_t outsz)
+{
+    const char *p = strncmp(name, "BLOBSWARM_", 10) == 0 ? name + 10 : name;
+    size_t i = 0;
+    for (; *p && i + 1 < outsz; p++)
+        out[i++] = *p == '_' ? sep : (char)tolower((unsigned char)*p);
+    out[i] = '\0';
+}
+
+static const char *lookup(const char *name, void *ctx)
+{
+    struct sources *s = ctx;
+    char flag[96];
+    short_name(name, '-', flag, sizeof(flag));
+    size_t fl = strlen(flag);
+    for (int i = 1; i < s->argc; i++) {
+        const char *a = s->argv[i];
+        if (strncmp(a, "--", 2) != 0 || strncmp(a + 2, flag, fl) != 0)
+            continue;
+        if (a[2 + fl] == '=')
+            return a + 3 + fl;
+        if (a[2 + fl] == '\0' && i + 1 < s->argc)
+            return s->argv[i + 1];
+    }
+    const char *env = getenv(name);
+    if (env)
+        return env;
+    if (s->file) {
+        char key[96];
+        short_name(name, '_', key, sizeof(key));
+        json_t *v = json_object_get(s->file, key);
+        if (!v)
+            v = json_object_get(s->file, name);
+        if (json_is_string(v))
+            return json_string_value(v);
+        if (json_is_integer(v)) {
+            snprintf(s->buf, sizeof(s->buf), "%lld", (long long)json_integer_value(v));
+            return s->buf;
+        }
+    }
+    return NULL;
+}
+
+/* Rejects flags that name no setting, so a typo is an error, not a silent default. */
+static int check_flags(int argc, char **argv, char *err, size_t errsz)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errsz, "unexpected argument \"%s\"", a);
+            return -EINVAL;
+        }
+        if (strncmp(a, "--config", 8) == 0 && (a[8] == '=' || a[8] == '\0')) {
+            i += a[8] == '\0';
+            continue;
+        }
+        int known = 0;
+        for (size_t k = 0; k < NSETTINGS && !known; k++) {
+            char flag[96];
+            short_name(agent_settings[k].name, '-', flag, sizeof(flag));
+            size_t fl = strlen(flag);
+            if (strncmp(a + 2, flag, fl) == 0 && (a[2 + fl] == '=' || a[2 + fl] == '\0')) {
+                known = 1;
+                i += a[2 + fl] == '\0';
+            }
+        }
+        if (!known) {
+            snprintf(err, errsz, "unknown option \"%s\" (see --help)", a);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: blobswarm-agent [--config FILE.json] [--<setting>=VALUE ...]\n\n"
+                 "Each setting is a flag (--store-dir), an environment variable\n"
+                 "(BLOBSWARM_STORE_DIR) or a key of the JSON file (store_dir), in that order "
+                 "of precedence.\n\n");
+    bs_cfg_print_help(agent_settings, NSETTINGS, out);
+}
+
+int main(int argc, char **argv)
+{
+    char err[512];
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+    struct sources src = {argc, argv, NULL, ""};
+    const char *cfgfile = getenv("BLOBSWARM_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--config=", 9) == 0)
+            cfgfile = argv[i] + 9;
+        else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            cfgfile = argv[i + 1];
+    }
+    if (check_flags(argc, argv, err, sizeof(err)) != 0) {
+        fprintf(stderr, "blobswarm-agent: %s\n", err);
+        return 2;
+    }
+    if (cfgfile && *cfgfile) {
+        json_error_t je;
+        src.file = json_load_file(cfgfile, 0, &je);
+        if (!json_is_object(src.file)) {
+            fprintf(stderr, "blobswarm-agent: config file %s: %s\n", cfgfile,
+                    src.file ? "not a JSON object" : je.text);
+            return 2;
+        }
+    }
+    struct agent_config cfg;
+    if (bs_cfg_load(agent_settings, NSETTINGS, &cfg, lookup, &src, err, sizeof(err)) != 0) {
+        fprintf(stderr, "blobswarm-agent: %s\n", err);
+        json_decref(src.file);
+        return 2;
+    }
+    json_decref(src.file);
+    if (cfg.low_pct >= cfg.high_pct || (cfg.block_bytes & (cfg.block_bytes - 1)) ||
+        cfg.chunk_bytes % cfg.block_bytes) {
+        fprintf(stderr, "blobswarm-agent: need LOW_PCT < HIGH_PCT, BLOCK_BYTES a power of two "
+                        "dividing CHUNK_BYTES\n");
+        return 2;
+    }
+    if (!cfg.socket_path[0] && !cfg.listen[0]) {
+        fprintf(stderr, "blobswarm-agent: neither a socket nor a listen address configured\n");
+        return 2;
+    }
+    bs_log_set_level(bs_log_parse_level(cfg.log_level, BS_LOG_INFO));
+    char line[4096];
+    bs_cfg_format(agent_settings, NSETTINGS, &cfg, line, sizeof(line));
+    bs_log(BS_LOG_INFO, "agent", "event=config %s", line);
+
+    /* Signals are taken by sigwait below; every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_ALL);
+
+    int rc = 1;
+    struct bs_metrics *metrics = bs_metrics_create();
+    struct bs_store *store = NULL;
+    struct bs_fetch *fetch = NULL;
+    struct bs_blobreader *reader = NULL;
+    struct bs_service *svc = NULL;
+    struct bs_unixsrv *usrv = NULL;
+    struct bs_httpsrv *hsrv = NULL;
+    if (!metrics)
+        goto out;
+
+    struct bs_store_opts so = {
+        .dir = cfg.store_dir,
+        .budget_bytes = (uint64_t)cfg.budget,
+        .high_watermark_pct = (int)cfg.high_pct,
+        .low_watermark_pct = (int)cfg.low_pct,
+        .block_size = (uint32_t)cfg.block_bytes,
+    };
+    store = bs_store_create(&so, err, sizeof(err));
+    if (!store) {
+        bs_log(BS_LOG_ERROR, "agent", "event=store_failed msg=\"%s\"", err);
+        goto out;
+    }
+    struct bs_store_stats st;
+    bs_store_get_stats(store, &st);
+    bs_log(BS_LOG_INFO, "agent", "event=store_open dir=\"%s\" chunks=%llu bytes=%llu dropped=%llu",
+           cfg.store_dir, (unsigned long long)st.chunks, (unsigned long long)st.bytes,
+           (unsigned long long)st.dropped_corrupt);
+
+    struct bs_fetch_opts fo = {
+        .io_threads = 2,
+        .max_connections = (int)cfg.origin_connections,
+        .connect_timeout_ms = 5000,
+        .stall_timeout_ms = 15000,
+        .ca_bundle = cfg.ca_bundle,
+    };
+    fetch = bs_fetch_create(&fo, err, sizeof(err));
+    struct bs_blobreader_opts ro = {
+        .range_bytes = (uint64_t)cfg.chunk_bytes,
+        .deadline_ms = cfg.origin_deadline_ms,
+        .max_retries = 8,
+        .retry_base_ms = 100,
+        .retry_max_ms = 5000,
+        .props_ttl_ms = 0,
+        .props_max_entries = 1,
+    };
+    reader = fetch ? bs_blobreader_create(&ro, fetch) : NULL;
+    if (!reader) {
+        bs_log(BS_LOG_ERROR, "agent", "event=origin_failed msg=\"%s\"", err);
+        goto out;
+    }
+    struct bs_service_opts vo = {
+        .chunk_size = (uint64_t)cfg.chunk_bytes,
+        .block_size = (uint32_t)cfg.block_bytes,
+        .fill_wait_ms = cfg.fill_wait_ms,
+        .fill_workers = (int)cfg.fill_workers,
+        .fill_queue = (int)cfg.fill_queue,
+        .allowed_endpoints = cfg.allowed,
+        .grant_ttl_ms = cfg.grant_ttl_ms,
+        .max_grants = (size_t)cfg.max_grants,
+    };
+    svc = bs_service_create(&vo, store, reader, metrics, err, sizeof(err));
+    if (!svc)
+        goto out_err;
+    if (cfg.socket_path[0]) {
+        char dir[BS_CFG_STR_MAX];
+        snprintf(dir, sizeof(dir), "%s", cfg.socket_path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            mkdir(dir, 0755);
+        }
+        usrv = bs_unixsrv_create(cfg.socket_path, (int)cfg.max_clients, svc, metrics, err,
+                                 sizeof(err));
+        if (!usrv)
+            goto out_err;
+    }
+    if (cfg.listen[0]) {
+        hsrv = bs_httpsrv_create(cfg.listen, (int)cfg.max_clients, svc, metrics, store, err,
+                                 sizeof(err));
+        if (!hsrv)
+            goto out_err;
+        if (cfg.port_file[0]) {
+            char tmp[BS_CFG_STR_MAX + 8];
+            snprintf(tmp, sizeof(tmp), "%s.tmp", cfg.port_file);
+            FILE *f = fopen(tmp, "w");
+            if (!f || fprintf(f, "%d\n", bs_httpsrv_port(hsrv)) < 0 || fclose(f) != 0 ||
+                rename(tmp, cfg.port_file) != 0) {
+                snprintf(err, sizeof(err), "cannot write %.400s", cfg.port_file);
+                goto out_err;
+            }
+        }
+    }
+    bs_log(BS_LOG_INFO, "agent", "event=ready socket=\"%s\" http_port=%d", cfg.socket_path,
+           hsrv ? bs_httpsrv_port(hsrv) : 0);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    bs_log(BS_LOG_INFO, "agent", "event=draining signal=%d drain_ms=%lld", sig, cfg.drain_ms);
+    if (hsrv)
+        bs_httpsrv_set_ready(hsrv, 0);
+    bs_unixsrv_destroy(usrv, cfg.drain_ms);
+    usrv = NULL;
+    bs_httpsrv_destroy(hsrv, cfg.drain_ms);
+    hsrv = NULL;
+    rc = 0;
+    goto out;
+
+out_err:
+    bs_log(BS_LOG_ERROR, "agent", "event=start_failed msg=\"%s\"", err);
+out:
+    bs_unixsrv_destroy(usrv, 0);
+    bs_httpsrv_destroy(hsrv, 0);
+    bs_service_destroy(svc);
+    bs_blobreader_destroy(reader);
+    bs_fetch_destroy(fetch);
+    bs_store_destroy(store);
+    bs_metrics_destroy(metrics);
+    bs_log(BS_LOG_INFO, "agent", "event=exit rc=%d", rc);
+    return rc;
+}

@@ -1,0 +1,522 @@
+/* Chunk service (see service.h). Fills run on a fixed pool of workers fed by a bounded FIFO;
+ * a map of fills in progress makes concurrent requests for one chunk wait for one origin
+ * fetch. A job is reference-counted by its worker and its waiters; the last one frees it. */
+#include "service.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "azcred.h"
+#include "blobreader.h"
+#include "fetch.h"
+#include "grants.h"
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+
+#define MAX_CHUNK_INDEX (1ull << 40)
+
+struct fill_job {
+    struct fill_job *next;  /* queue */
+    struct fill_job *hnext; /* in-progress map */
+    char endpoint[1024], container[80], blob[1100], etag[128];
+    uint64_t index, start, len;
+    struct bs_azcred *cred;
+    int refs;
+    int done;
+    int rc;
+    char err[256];
+    pthread_cond_t cv;
+};
+
+#define MAP_BUCKETS 256
+
+struct bs_service {
+    struct bs_service_opts o;
+    char *patterns;
+    struct bs_store *store;
+    struct bs_blobreader *reader;
+    struct bs_grants *grants;
+
+    pthread_mutex_t lock; /* queue, map, jobs' refs/done, stop */
+    pthread_cond_t work_cv;
+    struct fill_job *qhead, *qtail;
+    int queued;
+    struct fill_job *map[MAP_BUCKETS];
+    int stop;
+    pthread_t *workers;
+    int nworkers;
+
+    struct bs_metric *m_requests, *m_served, *m_origin_fetches, *m_origin_bytes, *m_errors,
+        *m_fill_seconds, *m_lookups, *m_grants_checked, *m_fill_queue;
+};
+
+static const double fill_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+
+static int match_glob(const char *p, const char *s)
+{
+    for (; *p; p++, s++) {
+        if (*p == '*') {
+            const char *t = s;
+            while ((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') ||
+                   (*t >= '0' && *t <= '9') || *t == '-')
+                t++;
+            if (t == s)
+                return 0;
+            /* '*' is greedy over its class; the class never contains the next literal. */
+            s = t - 1;
+            continue;
+        }
+        if (*p != *s)
+            return 0;
+    }
+    return *s == '\0';
+}
+
+int bs_endpoint_allowed(const char *patterns, const char *endpoint, const char *account)
+{
+    if (!patterns || !endpoint || !account || !*account)
+        return 0;
+    /* The endpoint must name the account: https://<account>.host or http://host/<account>. */
+    const char *host = strstr(endpoint, "://");
+    if (!host)
+        return 0;
+    host += 3;
+    size_t alen = strlen(account);
+    const char *slash = strchr(host, '/');
+    int names = (strncmp(host, account, alen) == 0 && host[alen] == '.' && !slash) ||
+                (slash && strncmp(slash + 1, account, alen) == 0 && slash[1 + alen] == '\0');
+    if (!names)
+        return 0;
+    const char *p = patterns;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        char pat[512];
+        if (n > 0 && n < sizeof(pat)) {
+            memcpy(pat, p, n);
+            pat[n] = '\0';
+            char *b = pat, *e = pat + n;
+            while (*b == ' ')
+                b++;
+            while (e > b && e[-1] == ' ')
+                *--e = '\0';
+            if (*b && match_glob(b, endpoint))
+                return 1;
+        }
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+static size_t job_bucket(const char *endpoint, const char *container, const char *blob,
+                         const char *etag, uint64_t index)
+{
+    uint64_t h = 1469598103934665603ull ^ index;
+    const char *parts[4] = {endpoint, container, blob, etag};
+    for (int i = 0; i < 4; i++)
+        for (const char *c = parts[i]; *c; c++)
+            h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    return (size_t)(h % MAP_BUCKETS);
+}
+
+static void job_unref_locked(struct fill_job *j)
+{
+    if (--j->refs > 0)
+        return;
+    bs_azcred_destroy(j->cred);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+static void chunk_key(struct bs_chunk_key *k, const char *endpoint, const char *container,
+                      const char *blob, const char *etag, uint64_t index)
+{
+    /* The store's "account" is the endpoint URL, which names the account unambiguously. */
+    k->account = endpoint;
+    k->container = container;
+    k->blob = blob;
+    k->etag = etag;
+    k->index = index;
+}
+
+/* One origin fill: the replaceable "where a missing chunk comes from" step. */
+static int fill_one(struct bs_service *s, struct fill_job *j, char *err, size_t errsz)
+{
+    char *buf = malloc(j->len ? j->len : 1);
+    if (!buf) {
+        snprintf(err, errsz, "out of memory for a %llu-byte chunk", (unsigned long long)j->len);
+        return -ENOMEM;
+    }
+    uint64_t t0 = bs_now_ns();
+    const char *account = strrchr(j->endpoint, '/'); /* only for messages */
+    int rc =
+        bs_blobreader_read_version(s->reader, j->cred, account ? account + 1 : "", j->container,
+                                   j->blob, j->etag, buf, j->start, (size_t)j->len, err, errsz);
+    if (rc == 0) {
+        bs_metric_add(s->m_origin_fetches, "miss", 1);
+        bs_metric_add(s->m_origin_bytes, NULL, (double)j->len);
+        struct bs_chunk_key k;
+        chunk_key(&k, j->endpoint, j->container, j->blob, j->etag, j->index);
+        rc = bs_store_put(s->store, &k, buf, (size_t)j->len, err, errsz);
+        if (rc == -EEXIST)
+            rc = 0;
+        if (rc)
+            bs_metric_add(s->m_errors, "store_put", 1);
+    } else {
+        bs_metric_add(s->m_errors, "origin", 1);
+    }
+    bs_metric_observe(s->m_fill_seconds, NULL, (double)(bs_now_ns() - t0) / 1e9);
+    free(buf);
+    return rc;
+}
+
+static void *worker_main(void *arg)
+{
+    struct bs_service *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->stop && !s->qhead)
+            pthread_cond_wait(&s->work_cv, &s->lock);
+        if (s->stop)
+            break;
+        struct fill_job *j = s->qhead;
+        s->qhead = j->next;
+        if (!s->qhead)
+            s->qtail = NULL;
+        s->queued--;
+        bs_metric_set(s->m_fill_queue, NULL, s->queued);
+        pthread_mutex_unlock(&s->lock);
+
+        char err[256] = "";
+        int rc = fill_one(s, j, err, sizeof(err));
+
+        pthread_mutex_lock(&s->lock);
+        j->rc = rc;
+        snprintf(j->err, sizeof(j->err), "%s", err);
+        j->done = 1;
+        size_t b = job_bucket(j->endpoint, j->container, j->blob, j->etag, j->index);
+        for (struct fill_job **pp = &s->map[b]; *pp; pp = &(*pp)->hnext)
+            if (*pp == j) {
+                *pp = j->hnext;
+                break;
+            }
+        pthread_cond_broadcast(&j->cv);
+        job_unref_locked(j);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* Starts (or joins) the fill of one chunk and waits up to the fill deadline.
+ * Returns 0 when the chunk is in the store, -ETIMEDOUT, -EAGAIN (queue full) or the fill's
+ * error (message in err). */
+static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
+                         const struct bs_chunk_req *req, const char *etag, uint64_t start,
+                         uint64_t len, char *err, size_t errsz)
+{
+    size_t b = job_bucket(auth->endpoint, req->container, req->blob, etag, req->chunk);
+    pthread_mutex_lock(&s->lock);
+    struct fill_job *j = s->map[b];
+    while (j && !(j->index == req->chunk && strcmp(j->etag, etag) == 0 &&
+                  strcmp(j->blob, req->blob) == 0 && strcmp(j->container, req->container) == 0 &&
+                  strcmp(j->endpoint, auth->endpoint) == 0))
+        j = j->hnext;
+    if (!j) {
+        if (s->stop || s->queued >= s->o.fill_queue) {
+            pthread_mutex_unlock(&s->lock);
+            snprintf(err, errsz, "fill queue full (%d)", s->o.fill_queue);
+            bs_metric_add(s->m_errors, "fill_queue_full", 1);
+            return -EAGAIN;
+        }
+        j = calloc(1, sizeof(*j));
+        char cerr[160];
+        if (j)
+            j->cred = bs_azcred_from_delegation(auth, cerr, sizeof(cerr));
+        if (!j || !j->cred) {
+            free(j);
+            pthread_mutex_unlock(&s->lock);
+            snprintf(err, errsz, "out of memory");
+            return -ENOMEM;
+        }
+        snprintf(j->endpoint, sizeof(j->endpoint), "%s", auth->endpoint);
+        snprintf(j->container, sizeof(j->container), "%s", req->container);
+        snprintf(j->blob, sizeof(j->blob), "%s", req->blob);
+        snprintf(j->etag, sizeof(j->etag), "%s", etag);
+        j->index = req->chunk;
+        j->start = start;
+        j->len = len;
+        j->refs = 1; /* the worker's */
+        pthread_cond_init(&j->cv, NULL);
+        j->hnext = s->map[b];
+        s->map[b] = j;
+        if (s->qtail)
+            s->qtail->next = j;
+        else
+            s->qhead = j;
+        s->qtail = j;
+        s->queued++;
+        bs_metric_set(s->m_fill_queue, NULL, s->queued);
+        pthread_cond_signal(&s->work_cv);
+    }
+    j->refs++;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->o.fill_wait_ms * 1000000ull;
+    ts.tv_sec += (time_t)(ns / 1000000000ull);
+    ts.tv_nsec = (long)(ns % 1000000000ull);
+    int rc = 0;
+    while (!j->done && rc == 0)
+        rc = pthread_cond_timedwait(&j->cv, &s->lock, &ts);
+    if (j->done) {
+        rc = j->rc;
+        if (rc)
+            snprintf(err, errsz, "%s", j->err);
+    } else {
+        rc = -ETIMEDOUT;
+        snprintf(err, errsz, "fill did not finish within %ld ms", s->o.fill_wait_ms);
+    }
+    job_unref_locked(j);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+static void reply(struct bs_chunk_reply *rep, enum bs_chunk_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void reply(struct bs_chunk_reply *rep, enum bs_chunk_status st, const char *fmt, ...)
+{
+    rep->status = st;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rep->reason, sizeof(rep->reason), fmt, ap);
+    va_end(ap);
+}
+
+static int valid_container(const char *c)
+{
+    size_t n = strlen(c);
+    if (n < 3 || n > 63)
+        return c[0] == '$' && n <= 63;
+    for (size_t i = 0; i < n; i++)
+        if (!((c[i] >= 'a' && c[i] <= 'z') || (c[i] >= '0' && c[i] <= '9') || c[i] == '-'))
+            return 0;
+    return 1;
+}
+
+void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
+                      struct bs_chunk_reply *rep, struct bs_chunk_ref **ref)
+{
+    *ref = NULL;
+    memset(rep, 0, offsetof(struct bs_chunk_reply, crcs));
+    rep->chunk = req->chunk;
+    rep->chunk_size = s->o.chunk_size;
+    rep->block_size = s->o.block_size;
+    const struct bs_delegation *auth = &req->auth;
+    char err[256];
+
+    if (!valid_container(req->container) || !req->blob[0] || req->chunk > MAX_CHUNK_INDEX) {
+        reply(rep, BS_CHUNK_ERROR, "invalid container, blob or chunk index");
+        goto out;
+    }
+    if (strcmp(auth->account, req->account) != 0 ||
+        !bs_endpoint_allowed(s->patterns, auth->endpoint, req->account)) {
+        reply(rep, BS_CHUNK_ERROR, "endpoint not allowed for account %s", req->account);
+        bs_metric_add(s->m_errors, "endpoint_not_allowed", 1);
+        goto out;
+    }
+
+    /* Access: a live grant for this credential and blob, for the version the caller expects. */
+    unsigned char gkey[32];
+    struct bs_grant grant;
+    bs_grants_key(auth, req->container, req->blob, gkey);
+    int have = bs_grants_find(s->grants, gkey, &grant) == 0;
+    if (!have || (req->etag[0] && strcmp(req->etag, grant.etag) != 0)) {
+        struct bs_azcred *cred = bs_azcred_from_delegation(auth, err, sizeof(err));
+        if (!cred) {
+            reply(rep, BS_CHUNK_ERROR, "%s", err);
+            goto out;
+        }
+        struct bs_blob_props props;
+        int rc = bs_blobreader_head(s->reader, cred, req->account, req->container, req->blob,
+                                    &props, err, sizeof(err));
+        bs_azcred_destroy(cred);
+        bs_metric_add(s->m_grants_checked, rc == 0 ? "granted" : "refused", 1);
+        if (rc == -EACCES || rc == -ENOENT) {
+            bs_grants_forget(s->grants, gkey);
+            reply(rep, BS_CHUNK_DENIED, "the credential does not read this blob");
+            goto out;
+        }
+        if (rc) {
+            reply(rep, BS_CHUNK_MISS, "origin check failed");
+            bs_metric_add(s->m_errors, "origin", 1);
+            goto out;
+        }
+        snprintf(grant.etag, sizeof(grant.etag), "%s", props.etag);
+        grant.size = props.size;
+        bs_grants_put(s->grants, gkey, auth, &grant);
+    }
+    if (req->etag[0] && strcmp(req->etag, grant.etag) != 0) {
+        reply(rep, BS_CHUNK_MISS, "blob version changed");
+        goto out;
+    }
+    snprintf(rep->etag, sizeof(rep->etag), "%s", grant.etag);
+    rep->blob_size = grant.size;
+    uint64_t start = req->chunk * s->o.chunk_size;
+    if (start >= grant.size) {
+        reply(rep, BS_CHUNK_ERROR, "chunk %llu is past the end of the blob",
+              (unsigned long long)req->chunk);
+        goto out;
+    }
+    uint64_t len = grant.size - start < s->o.chunk_size ? grant.size - start : s->o.chunk_size;
+
+    struct bs_chunk_key k;
+    chunk_key(&k, auth->endpoint, req->container, req->blob, grant.etag, req->chunk);
+    enum bs_chunk_status st = BS_CHUNK_HIT;
+    if (bs_store_get(s->store, &k, ref) != 0) {
+        bs_metric_add(s->m_lookups, "miss", 1);
+        int rc = fill_and_wait(s, auth, req, grant.etag, start, len, err, sizeof(err));
+        if (rc == 0 && bs_store_get(s->store, &k, ref) == 0) {
+            st = BS_CHUNK_FILLED;
+        } else {
+            reply(rep, BS_CHUNK_MISS, "%s", rc ? err : "chunk evicted right after its fill");
+            goto out;
+        }
+    } else {
+        bs_metric_add(s->m_lookups, "hit", 1);
+    }
+    uint32_t n = 0;
+    const uint32_t *crcs = bs_chunk_ref_crcs(*ref, &n);
+    if (bs_chunk_ref_length(*ref) != len || n > BS_PROTO_MAX_CRCS ||
+        bs_chunk_ref_block_size(*ref) != s->o.block_size) {
+        bs_store_release(s->store, *ref);
+        *ref = NULL;
+        bs_store_drop(s->store, &k);
+        reply(rep, BS_CHUNK_MISS, "stored chunk has an unexpected geometry; dropped");
+        bs_metric_add(s->m_errors, "store_geometry", 1);
+        goto out;
+    }
+    rep->length = len;
+    rep->ncrcs = n;
+    memcpy(rep->crcs, crcs, n * sizeof(*crcs));
+    reply(rep, st, "%s", "");
+    bs_metric_add(s->m_served, st == BS_CHUNK_HIT ? "local" : "origin", (double)len);
+out:
+    bs_metric_add(s->m_requests, bs_chunk_status_name(rep->status), 1);
+}
+
+void bs_service_release(struct bs_service *s, struct bs_chunk_ref *ref)
+{
+    if (ref)
+        bs_store_release(s->store, ref);
+}
+
+void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *req)
+{
+    unsigned char gkey[32];
+    struct bs_grant grant;
+    bs_grants_key(&req->auth, req->container, req->blob, gkey);
+    if (bs_grants_find(s->grants, gkey, &grant) != 0)
+        return; /* only a caller with access may make us drop a chunk */
+    struct bs_chunk_key k;
+    chunk_key(&k, req->auth.endpoint, req->container, req->blob, grant.etag, req->chunk);
+    bs_store_drop(s->store, &k);
+    bs_metric_add(s->m_errors, "corrupt_chunk", 1);
+    bs_log(BS_LOG_WARN, "service", "event=chunk_corrupt blob=\"%s\" chunk=%llu", req->blob,
+           (unsigned long long)req->chunk);
+}
+
+void bs_service_hello(const struct bs_service *s, struct bs_hello *h)
+{
+    h->version = BS_PROTO_VERSION;
+    h->chunk_size = s->o.chunk_size;
+    h->block_size = s->o.block_size;
+}
+
+struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_store *store,
+                                     struct bs_blobreader *reader, struct bs_metrics *metrics,
+                                     char *err, size_t errsz)
+{
+    struct bs_service *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    s->o = *o;
+    s->store = store;
+    s->reader = reader;
+    s->patterns = strdup(o->allowed_endpoints ? o->allowed_endpoints : "");
+    s->grants = bs_grants_create(o->max_grants, o->grant_ttl_ms);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->work_cv, NULL);
+    s->m_requests = bs_metrics_counter(metrics, "blobswarm_agent_chunk_requests_total",
+                                       "Chunk requests answered, by status.", "status");
+    s->m_served =
+        bs_metrics_counter(metrics, "blobswarm_agent_served_bytes_total",
+                           "Chunk bytes served to callers, by where they came from.", "source");
+    s->m_origin_fetches = bs_metrics_counter(metrics, "blobswarm_agent_origin_fetches_total",
+                                             "Chunk fills from Azure, by reason.", "reason");
+    s->m_origin_bytes = bs_metrics_counter(metrics, "blobswarm_agent_origin_bytes_total",
+                                           "Bytes read from Azure to fill chunks.", NULL);
+    s->m_errors =
+        bs_metrics_counter(metrics, "blobswarm_agent_errors_total", "Errors, by kind.", "kind");
+    s->m_fill_seconds = bs_metrics_histogram(
+        metrics, "blobswarm_agent_fill_seconds", "Time to fill one chunk from the origin.", NULL,
+        fill_buckets, sizeof(fill_buckets) / sizeof(fill_buckets[0]));
+    s->m_lookups = bs_metrics_counter(metrics, "blobswarm_agent_store_lookups_total",
+                                      "Chunk store lookups, by result.", "result");
+    s->m_grants_checked = bs_metrics_counter(metrics, "blobswarm_agent_access_checks_total",
+                                             "Access checks against Azure, by result.", "result");
+    s->m_fill_queue = bs_metrics_gauge(metrics, "blobswarm_agent_fill_queue",
+                                       "Fills waiting for a worker.", NULL);
+    if (!s->patterns || !s->grants)
+        goto out_fail;
+    s->workers = calloc((size_t)o->fill_workers, sizeof(*s->workers));
+    if (!s->workers)
+        goto out_fail;
+    for (int i = 0; i < o->fill_workers; i++) {
+        if (pthread_create(&s->workers[i], NULL, worker_main, s) != 0)
+            goto out_fail;
+        s->nworkers++;
+    }
+    return s;
+
+out_fail:
+    snprintf(err, errsz, "cannot start the chunk service (memory or threads)");
+    bs_service_destroy(s);
+    return NULL;
+}
+
+void bs_service_destroy(struct bs_service *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->work_cv);
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < s->nworkers; i++)
+        pthread_join(s->workers[i], NULL);
+    /* Queued jobs that never ran: complete them as failed for any waiter, then drop. */
+    pthread_mutex_lock(&s->lock);
+    while (s->qhead) {
+        struct fill_job *j = s->qhead;
+        s->qhead = j->next;
+        j->done = 1;
+        j->rc = -ESHUTDOWN;
+        snprintf(j->err, sizeof(j->err), "agent shutting down");
+        pthread_cond_broadcast(&j->cv);
+        job_unref_locked(j);
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(s->workers);
+    bs_grants_destroy(s->grants);
+    free(s->patterns);
+    pthread_cond_destroy(&s->work_cv);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}

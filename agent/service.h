@@ -1,0 +1,53 @@
+/* The agent's decision for one chunk request, independent of transport: is the endpoint
+ * allowed, has this credential shown read access to this blob version (else verify it with
+ * a HEAD to Azure and record a grant), is the chunk in the store, else fill it from the
+ * origin once however many callers ask (waiting at most fill_wait_ms, then answering MISS so
+ * the caller reads Azure itself). Where a missing chunk comes from is one step (fill_one)
+ * that a peer source can precede. It does not speak HTTP or sockets. */
+#ifndef BS_SERVICE_H
+#define BS_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agentproto.h"
+
+struct bs_service;
+struct bs_store;
+struct bs_chunk_ref;
+struct bs_blobreader;
+struct bs_metrics;
+
+struct bs_service_opts {
+    uint64_t chunk_size;
+    uint32_t block_size;
+    long fill_wait_ms;             /* a request waits this long for a fill, then gets MISS */
+    int fill_workers;              /* concurrent origin fills (each holds one chunk buffer) */
+    int fill_queue;                /* fills waiting for a worker; beyond: MISS */
+    const char *allowed_endpoints; /* comma-separated patterns, '*' = [A-Za-z0-9-]+ */
+    long grant_ttl_ms;
+    size_t max_grants;
+};
+
+/* Borrows store, reader and metrics (they must outlive the service). */
+struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_store *store,
+                                     struct bs_blobreader *reader, struct bs_metrics *metrics,
+                                     char *err, size_t errsz);
+/* Stops the fill workers (pending fills fail) and frees. Accepts NULL. */
+void bs_service_destroy(struct bs_service *s);
+
+/* Answers one request. rep is always filled; on BS_CHUNK_HIT/FILLED *ref is a pinned chunk
+ * the caller serves and then releases with bs_service_release. */
+void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
+                      struct bs_chunk_reply *rep, struct bs_chunk_ref **ref);
+void bs_service_release(struct bs_service *s, struct bs_chunk_ref *ref);
+/* A transport found a chunk file bad while serving: drop it so the next request refills. */
+void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *req);
+
+void bs_service_hello(const struct bs_service *s, struct bs_hello *h);
+
+/* Whether endpoint matches one of the comma-separated patterns and names `account` (as the
+ * first host label, or the first path segment for path-style endpoints). Exposed for tests. */
+int bs_endpoint_allowed(const char *patterns, const char *endpoint, const char *account);
+
+#endif

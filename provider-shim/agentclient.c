@@ -1,0 +1,485 @@
+/* Agent client (see agentclient.h). Unix route: one pooled connection per chunk in flight;
+ * all requests of a read are sent before any reply is awaited, so the agent works on them in
+ * parallel. HTTP route: the shim's HTTP engine runs one POST per chunk, in parallel. Both end
+ * in copy_verified, which is the only place agent bytes reach the caller's buffer. */
+#include "agentclient.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "agentproto.h"
+#include "azcred.h"
+#include "crc32c.h"
+#include "fetch.h"
+#include "log.h"
+
+#define DEFAULT_SOCKET  "/run/blobswarm/agent.sock"
+#define DEFAULT_SERVICE "http://blobswarm-agent.blobswarm.svc.cluster.local:8787"
+#define MIN_CHUNK       (1u << 20)
+#define META_MAX        BS_PROTO_MAX_FRAME
+
+struct bs_agentclient {
+    struct bs_agentclient_opts o;
+    char address[512];
+    int is_unix;
+    char url[600]; /* HTTP route: .../v1/chunk */
+    struct bs_fetch *fetch;
+    pthread_mutex_t lock;
+    int *idle;
+    int nidle;
+    atomic_uint_fast64_t chunk_size;
+    atomic_uint block_size;
+    atomic_uint_fast64_t open_until_ns; /* breaker */
+};
+
+/* One chunk of a read in flight. */
+struct slot {
+    uint64_t chunk, cstart, clen; /* the chunk's place in the blob */
+    uint64_t want_lo, want_hi;    /* the part of it the caller wants (blob offsets) */
+    int sock;
+    int served;
+    /* HTTP route */
+    struct bs_fetch_req req;
+    char *body;
+    char *meta;
+    char *json;
+};
+
+static void trip(struct bs_agentclient *c, const char *why)
+{
+    uint64_t until = bs_now_ns() + (uint64_t)c->o.cooloff_ms * 1000000ull;
+    atomic_store(&c->open_until_ns, until);
+    bs_log(BS_LOG_WARN, "agentclient", "event=agent_skipped reason=\"%s\" cooloff_ms=%ld", why,
+           c->o.cooloff_ms);
+}
+
+int bs_agentclient_usable(struct bs_agentclient *c)
+{
+    return c && bs_now_ns() >= atomic_load(&c->open_until_ns);
+}
+
+uint64_t bs_agentclient_chunk_size(struct bs_agentclient *c)
+{
+    return atomic_load(&c->chunk_size);
+}
+
+const char *bs_agentclient_address(const struct bs_agentclient *c)
+{
+    return c->address;
+}
+
+struct bs_agentclient *bs_agentclient_create(const struct bs_agentclient_opts *o,
+                                             struct bs_fetch *fetch)
+{
+    const char *a = o->address ? o->address : "";
+    if (strcmp(a, "off") == 0 || strcmp(a, "none") == 0)
+        return NULL;
+    char addr[512];
+    struct stat st;
+    if (!*a) {
+        if (stat(DEFAULT_SOCKET, &st) == 0 && S_ISSOCK(st.st_mode))
+            a = DEFAULT_SOCKET;
+        else if (getenv("KUBERNETES_SERVICE_HOST"))
+            a = DEFAULT_SERVICE; /* in a pod: the node-local Service */
+        else
+            return NULL;
+    }
+    if (strncmp(a, "unix:", 5) == 0)
+        a += 5;
+    if (strlen(a) >= sizeof(addr))
+        return NULL;
+    snprintf(addr, sizeof(addr), "%s", a);
+    struct bs_agentclient *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->o = *o;
+    c->o.max_idle = o->max_idle > 0 ? o->max_idle : 1;
+    memcpy(c->address, addr, sizeof(addr));
+    c->is_unix = addr[0] == '/';
+    if (!c->is_unix) {
+        if (strncmp(addr, "http://", 7) != 0 || !fetch) {
+            free(c);
+            return NULL;
+        }
+        size_t n = strlen(addr);
+        while (n && addr[n - 1] == '/')
+            addr[--n] = '\0';
+        snprintf(c->url, sizeof(c->url), "%s/v1/chunk", addr);
+        atomic_store(&c->chunk_size, 0);
+    }
+    c->fetch = fetch;
+    c->idle = calloc((size_t)c->o.max_idle, sizeof(int));
+    if (!c->idle) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+void bs_agentclient_destroy(struct bs_agentclient *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < c->nidle; i++)
+        close(c->idle[i]);
+    free(c->idle);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+/* A connected socket whose agent geometry is known; -1 on failure. */
+static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns)
+{
+    pthread_mutex_lock(&c->lock);
+    int fd = c->nidle ? c->idle[--c->nidle] : -1;
+    pthread_mutex_unlock(&c->lock);
+    if (fd >= 0)
+        return fd;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(c->address) >= sizeof(sa.sun_path))
+        return -1;
+    memcpy(sa.sun_path, c->address, strlen(c->address) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    /* Learn (or confirm) the agent's grid on every new connection: it may have restarted. */
+    char *hello = bs_proto_encode_hello_req(), *msg = NULL;
+    size_t len;
+    int rfd = -1;
+    struct bs_hello h;
+    char err[128];
+    int ok = hello && bs_proto_send(fd, hello, -1, deadline_ns) == 0 &&
+             bs_proto_recv(fd, &msg, &len, &rfd, deadline_ns) == 0 &&
+             bs_proto_decode_hello(msg, len, &h, err, sizeof(err)) == 0 &&
+             h.chunk_size >= MIN_CHUNK;
+    free(hello);
+    free(msg);
+    if (rfd >= 0)
+        close(rfd);
+    if (!ok) {
+        close(fd);
+        return -1;
+    }
+    atomic_store(&c->chunk_size, h.chunk_size);
+    atomic_store(&c->block_size, h.block_size);
+    return fd;
+}
+
+static void put_conn(struct bs_agentclient *c, int fd)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->nidle < c->o.max_idle) {
+        c->idle[c->nidle++] = fd;
+        fd = -1;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Checks the reply describes the chunk we asked for, of the version we expect. */
+static int reply_matches(const struct bs_chunk_reply *r, const struct slot *s, const char *etag,
+                         uint64_t blob_size)
+{
+    return (r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) && r->chunk == s->chunk &&
+           r->length == s->clen && r->blob_size == blob_size && strcmp(r->etag, etag) == 0 &&
+           r->ncrcs == (r->length + r->block_size - 1) / r->block_size;
+}
+
+/* Copies the wanted part of a chunk into buf, block by block, each block checked against its
+ * CRC before a byte of it counts. Source: descriptor (fd >= 0, chunk data at offset 0) or
+ * memory `mem` holding the chunk's bytes from mem_off. Returns 0 or -EBADMSG / -EIO. */
+static int copy_verified(const struct bs_chunk_reply *r, const struct slot *s, int fd,
+                         const char *mem, uint64_t mem_off, uint64_t mem_len, char *buf,
+                         uint64_t off)
+{
+    uint64_t bs = r->block_size;
+    uint64_t lo = s->want_lo - s->cstart, hi = s->want_hi - s->cstart; /* chunk-relative */
+    char *bounce = NULL;
+    int rc = 0;
+    for (uint64_t b = lo / bs * bs; b < hi && rc == 0; b += bs) {
+        uint64_t blen = b + bs <= r->length ? bs : r->length - b;
+        uint64_t cut_lo = lo > b ? lo : b, cut_hi = hi < b + blen ? hi : b + blen;
+        int whole = cut_lo == b && cut_hi == b + blen;
+        char *dst = buf + (s->cstart + b - off);
+        const char *src;
+        if (fd >= 0) {
+            char *into = whole ? dst : (bounce ? bounce : (bounce = malloc(bs)));
+            if (!into)
+                return -ENOMEM;
+            uint64_t got = 0;
+            while (got < blen) {
+                ssize_t n = pread(fd, into + got, blen - got, (off_t)(b + got));
+                if (n <= 0) {
+                    rc = -EIO;
+                    break;
+                }
+                got += (uint64_t)n;
+            }
+            src = into;
+        } else {
+            if (b < mem_off || b + blen > mem_off + mem_len) {
+                rc = -EIO;
+                break;
+            }
+            src = mem + (b - mem_off);
+        }
+        if (rc == 0 && bs_crc32c(0, src, blen) != r->crcs[b / bs])
+            rc = -EBADMSG;
+        if (rc == 0 && src != dst)
+            memcpy(buf + (s->cstart + cut_lo - off), src + (cut_lo - b), cut_hi - cut_lo);
+    }
+    free(bounce);
+    return rc;
+}
+
+static void fill_req(struct bs_chunk_req *q, const struct bs_delegation *d, const char *container,
+                     const char *blob, const char *etag, uint64_t chunk)
+{
+    snprintf(q->account, sizeof(q->account), "%s", d->account);
+    snprintf(q->container, sizeof(q->container), "%s", container);
+    snprintf(q->blob, sizeof(q->blob), "%s", blob);
+    snprintf(q->etag, sizeof(q->etag), "%s", etag);
+    q->chunk = chunk;
+    q->sub_off = q->sub_len = 0;
+    q->auth = *d;
+}
+
+static void report_corrupt(int sock, const char *req_json, uint64_t deadline_ns)
+{
+    /* Same request with op "corrupt": the agent re-checks access, then drops the chunk. */
+    const char *p = strstr(req_json, "\"op\":\"chunk\"");
+    if (!p)
+        return;
+    size_t n = strlen(req_json);
+    char *j = malloc(n + 4);
+    if (!j)
+        return;
+    memcpy(j, req_json, (size_t)(p - req_json));
+    size_t k = (size_t)(p - req_json);
+    k += (size_t)sprintf(j + k, "\"op\":\"corrupt\"");
+    memcpy(j + k, p + 12, n - (size_t)(p - req_json) - 12 + 1);
+    bs_proto_send(sock, j, -1, deadline_ns);
+    free(j);
+}
+
+static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
+                      const struct bs_delegation *d, const char *container, const char *blob,
+                      const char *etag, uint64_t blob_size, char *buf, uint64_t off,
+                      uint64_t deadline_ns)
+{
+    struct bs_chunk_reply *r = malloc(sizeof(*r));
+    if (!r)
+        return;
+    int failed = 0;
+    for (size_t i = 0; i < n && !failed; i++) {
+        fill_req(q, d, container, blob, etag, sl[i].chunk);
+        sl[i].json = bs_proto_encode_req(q);
+        sl[i].sock = sl[i].json ? get_conn(c, deadline_ns) : -1;
+        if (sl[i].sock < 0 || bs_proto_send(sl[i].sock, sl[i].json, -1, deadline_ns) != 0) {
+            if (sl[i].sock >= 0)
+                close(sl[i].sock);
+            sl[i].sock = -1;
+            failed = 1;
+            trip(c, "cannot reach the agent");
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (sl[i].sock < 0)
+            continue;
+        char *msg = NULL, err[128] = "";
+        size_t len = 0;
+        int fd = -1;
+        int rc = bs_proto_recv(sl[i].sock, &msg, &len, &fd, deadline_ns);
+        if (rc == 0)
+            rc = bs_proto_decode_reply(msg, len, r, err, sizeof(err));
+        free(msg);
+        if (rc != 0) {
+            close(sl[i].sock);
+            sl[i].sock = -1;
+            if (fd >= 0)
+                close(fd);
+            if (rc == -EINVAL)
+                bs_log(BS_LOG_WARN, "agentclient", "event=bad_reply msg=\"%s\"", err);
+            trip(c, rc == -ETIMEDOUT ? "agent timed out" : "agent connection failed");
+            continue;
+        }
+        if (fd >= 0 && reply_matches(r, &sl[i], etag, blob_size)) {
+            int crc = copy_verified(r, &sl[i], fd, NULL, 0, 0, buf, off);
+            sl[i].served = crc == 0;
+            if (crc == -EBADMSG) {
+                bs_log(BS_LOG_WARN, "agentclient", "event=bad_checksum blob=\"%s\" chunk=%llu",
+                       blob, (unsigned long long)sl[i].chunk);
+                report_corrupt(sl[i].sock, sl[i].json, deadline_ns);
+            }
+        } else if (r->status == BS_CHUNK_ERROR) {
+            bs_log(BS_LOG_DEBUG, "agentclient", "event=agent_error reason=\"%s\"", r->reason);
+        }
+        if (fd >= 0)
+            close(fd);
+        put_conn(c, sl[i].sock);
+        sl[i].sock = -1;
+    }
+    free(r);
+}
+
+static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
+                      const struct bs_delegation *d, const char *container, const char *blob,
+                      const char *etag, uint64_t blob_size, char *buf, uint64_t off,
+                      uint64_t deadline_ns)
+{
+    struct bs_fetch_batch batch;
+    struct bs_chunk_reply *r = malloc(sizeof(*r));
+    if (!r || bs_fetch_batch_init(&batch) != 0) {
+        free(r);
+        return;
+    }
+    uint64_t bs = atomic_load(&c->block_size);
+    if (!bs)
+        bs = 65536; /* until the first reply tells; a wrong guess only costs a miss */
+    static const char *const hdrs[] = {"Content-Type: application/json", "Accept:", "Expect:"};
+    struct curl_slist *headers = NULL;
+    for (size_t i = 0; i < sizeof(hdrs) / sizeof(hdrs[0]); i++)
+        headers = curl_slist_append(headers, hdrs[i]);
+    for (size_t i = 0; i < n; i++) {
+        fill_req(q, d, container, blob, etag, sl[i].chunk);
+        q->sub_off = (sl[i].want_lo - sl[i].cstart) / bs * bs;
+        uint64_t end = (sl[i].want_hi - sl[i].cstart + bs - 1) / bs * bs;
+        q->sub_len = (end < sl[i].clen ? end : sl[i].clen) - q->sub_off;
+        sl[i].json = bs_proto_encode_req(q);
+        sl[i].body = malloc(q->sub_len ? q->sub_len : 1);
+        sl[i].meta = malloc(META_MAX);
+        if (!sl[i].json || !sl[i].body || !sl[i].meta)
+            continue;
+        memset(&sl[i].req, 0, sizeof(sl[i].req));
+        sl[i].req.url = c->url;
+        sl[i].req.headers = headers;
+        sl[i].req.post_body = sl[i].json;
+        sl[i].req.dst = sl[i].body;
+        sl[i].req.dst_cap = q->sub_len;
+        sl[i].req.capture_header = BS_PROTO_META_HDR;
+        sl[i].req.capture = sl[i].meta;
+        sl[i].req.capture_cap = META_MAX;
+        bs_fetch_submit(c->fetch, &batch, &sl[i].req);
+        sl[i].sock = 1; /* submitted */
+    }
+    int wrc = bs_fetch_wait(c->fetch, &batch, deadline_ns);
+    int transport_failed = wrc != 0;
+    for (size_t i = 0; i < n; i++) {
+        if (sl[i].sock != 1)
+            continue;
+        sl[i].sock = -1;
+        char err[128];
+        struct bs_fetch_req *f = &sl[i].req;
+        if (f->curl_code != CURLE_OK || f->status != 200) {
+            transport_failed = 1;
+            continue;
+        }
+        if (bs_proto_decode_reply(f->capture, strlen(f->capture), r, err, sizeof(err)) != 0)
+            continue;
+        if (r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) {
+            /* The grid guessed before the first reply: learn it for the next call. */
+            atomic_store(&c->block_size, r->block_size);
+            if (r->chunk_size >= MIN_CHUNK)
+                atomic_store(&c->chunk_size, r->chunk_size);
+        }
+        if (!reply_matches(r, &sl[i], etag, blob_size) || r->sub_len != f->got ||
+            r->block_size != bs || r->sub_off != (sl[i].want_lo - sl[i].cstart) / bs * bs)
+            continue;
+        sl[i].served =
+            copy_verified(r, &sl[i], -1, sl[i].body, r->sub_off, r->sub_len, buf, off) == 0;
+    }
+    if (transport_failed)
+        trip(c, wrc ? "agent timed out" : "agent HTTP request failed");
+    curl_slist_free_all(headers);
+    bs_fetch_batch_cleanup(&batch);
+    free(r);
+}
+
+size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation *d,
+                           const char *container, const char *blob, const char *etag,
+                           uint64_t blob_size, void *buf, uint64_t off, size_t len,
+                           uint64_t (*missing)[2], size_t max)
+{
+    size_t nmiss = 0;
+    uint64_t deadline_ns = bs_now_ns() + (uint64_t)c->o.timeout_ms * 1000000ull;
+    uint64_t cs = atomic_load(&c->chunk_size);
+    if (c->is_unix && !cs) {
+        int fd = get_conn(c, deadline_ns); /* learns the grid */
+        if (fd < 0) {
+            trip(c, "cannot reach the agent");
+            goto all_missing;
+        }
+        put_conn(c, fd);
+        cs = atomic_load(&c->chunk_size);
+    }
+    if (!c->is_unix && !cs) {
+        cs = 8u << 20; /* the agent's default grid; replies confirm or correct it */
+        atomic_store(&c->chunk_size, cs);
+    }
+    if (len == 0)
+        return 0;
+    uint64_t first = off / cs, last = (off + len - 1) / cs;
+    size_t n = (size_t)(last - first + 1);
+    struct slot *sl = calloc(n, sizeof(*sl));
+    struct bs_chunk_req *q = malloc(sizeof(*q));
+    if (!sl || !q || n > max) {
+        free(sl);
+        free(q);
+        goto all_missing;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sl[i].chunk = first + i;
+        sl[i].cstart = sl[i].chunk * cs;
+        sl[i].clen = blob_size - sl[i].cstart < cs ? blob_size - sl[i].cstart : cs;
+        sl[i].want_lo = off > sl[i].cstart ? off : sl[i].cstart;
+        sl[i].want_hi =
+            off + len < sl[i].cstart + sl[i].clen ? off + len : sl[i].cstart + sl[i].clen;
+        sl[i].sock = -1;
+    }
+    if (c->is_unix)
+        read_unix(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns);
+    else
+        read_http(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns);
+    for (size_t i = 0; i < n; i++) {
+        if (!sl[i].served) {
+            uint64_t lo = sl[i].want_lo, l = sl[i].want_hi - sl[i].want_lo;
+            if (nmiss && missing[nmiss - 1][0] + missing[nmiss - 1][1] == lo)
+                missing[nmiss - 1][1] += l;
+            else {
+                missing[nmiss][0] = lo;
+                missing[nmiss][1] = l;
+                nmiss++;
+            }
+        }
+        free(sl[i].json);
+        free(sl[i].body);
+        free(sl[i].meta);
+    }
+    free(sl);
+    free(q);
+    return nmiss;
+
+all_missing:
+    if (max == 0)
+        return 0;
+    missing[0][0] = off;
+    missing[0][1] = len;
+    return len ? 1 : 0;
+}
