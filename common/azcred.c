@@ -259,7 +259,9 @@ static int bearer_token(struct bs_azcred *c, char *tok, size_t toksz, char *err,
     pthread_mutex_lock(&c->lock);
     if (rc == 0) {
         c->imds_settled = 1;
-    } else if (c->imds_guess && !c->imds_settled) {
+    } else if (c->imds_guess && !c->imds_settled && (rc == -EHOSTUNREACH || rc == -ENOENT)) {
+        /* No IMDS, or no identity: anonymous for good. A failing IMDS (429, 5xx) is not
+         * proof of absence: the read fails and the next one asks again. */
         c->kind = BS_AUTH_ANONYMOUS;
         snprintf(c->desc, sizeof(c->desc), "anonymous (no credential configured)");
         bs_log(BS_LOG_INFO, "azcred", "event=anonymous reason=\"%s\"", terr);

@@ -178,6 +178,26 @@ static size_t on_body(char *data, size_t sz, size_t n, void *ud)
     return len;
 }
 
+/* Stall detection. curl's LOW_SPEED check averages the speed over a window of several
+ * seconds, so a transfer that stops after a burst of bytes is noticed only about five seconds
+ * after the stall timeout; this fails it once no body byte arrived for stall_timeout_ms. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    (void)dltotal, (void)ultotal, (void)ulnow;
+    struct bs_fetch_req *r = ud;
+    uint64_t now = bs_now_ns();
+    if ((long long)dlnow != r->last_dlnow_) {
+        r->last_dlnow_ = (long long)dlnow;
+        r->last_rx_ns_ = now;
+        return 0;
+    }
+    if (now - r->last_rx_ns_ <= r->stall_ns_)
+        return 0;
+    r->stalled_ = 1;
+    return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a timeout */
+}
+
 static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
 {
     const struct bs_fetch_opts *o = &t->f->opts;
@@ -191,6 +211,10 @@ static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
     r->etag[0] = r->error_code[0] = '\0';
     r->retry_after_ms = -1;
     r->content_length = UINT64_MAX;
+    r->stall_ns_ = (uint64_t)o->stall_timeout_ms * 1000000ull;
+    r->last_rx_ns_ = bs_now_ns();
+    r->last_dlnow_ = 0;
+    r->stalled_ = 0;
     curl_easy_setopt(h, CURLOPT_URL, r->url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(h, CURLOPT_PRIVATE, r);
@@ -210,6 +234,9 @@ static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (o->stall_timeout_ms + 999) / 1000);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, r);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -231,6 +258,8 @@ static void finish_transfer(struct io_thread *t, struct bs_fetch_req *r, int cur
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     r->status = status;
+    if (r->stalled_ && curl_code == CURLE_ABORTED_BY_CALLBACK)
+        curl_code = CURLE_OPERATION_TIMEDOUT;
     curl_multi_remove_handle(t->multi, h);
     r->handle_ = NULL;
     t->idle[t->n_idle++] = h;

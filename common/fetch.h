@@ -45,6 +45,9 @@ struct bs_fetch_req {
     void *handle_;
     struct bs_fetch_req *next_;
     int state_;
+    uint64_t stall_ns_, last_rx_ns_; /* stall limit; when body bytes last arrived */
+    long long last_dlnow_;
+    int stalled_;
 };
 
 /* A set of requests one caller waits for together. */

@@ -363,6 +363,7 @@ static int fetch_token(struct bs_token_source *s, char *err, size_t errsz)
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     if (cc != CURLE_OK) {
         snprintf(err, errsz, "%s: token endpoint unreachable: %s", s->name, curl_easy_strerror(cc));
+        rc = -EHOSTUNREACH;
         goto out;
     }
     if (status != 200) {
@@ -373,6 +374,10 @@ static int fetch_token(struct bs_token_source *s, char *err, size_t errsz)
             snprintf(code, sizeof(code), " (%s)", json_string_value(e));
         json_decref(j);
         snprintf(err, errsz, "%s: token endpoint answered HTTP %ld%s", s->name, status, code);
+        /* IMDS answers 400 when the machine has no (such) identity: the source is absent.
+         * Anything else (429, 5xx, ...) is an error of a present source, maybe transient. */
+        if (status == 400 && s->kind == BS_TOKEN_IMDS)
+            rc = -ENOENT;
         goto out;
     }
     char *tok = NULL;
@@ -438,7 +443,7 @@ int bs_token_get(struct bs_token_source *s, char *out, size_t outsz, char *err, 
         } else {
             memcpy(out, s->token, n + 1);
         }
-    } else if (rc != -ENOMEM) {
+    } else if (rc != -ENOMEM && rc != -EHOSTUNREACH && rc != -ENOENT) {
         rc = -EIO;
     }
     pthread_mutex_unlock(&s->lock);

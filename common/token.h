@@ -39,8 +39,9 @@ enum bs_token_kind bs_token_source_kind(const struct bs_token_source *s);
 const char *bs_token_source_name(const struct bs_token_source *s);
 
 /* Copies a valid access token into out. Fetches or refreshes when fewer than
- * min(5 minutes, half its lifetime) remain. Returns 0, -EIO (endpoint failed; err says
- * why without secrets), -ENOSPC (out too small). Thread-safe. */
+ * min(5 minutes, half its lifetime) remain. Returns 0, -EHOSTUNREACH (endpoint unreachable),
+ * -ENOENT (IMDS: no such identity), -EIO (the endpoint failed otherwise), -ENOSPC (out too
+ * small); err says why without secrets. Thread-safe. */
 int bs_token_get(struct bs_token_source *s, char *out, size_t outsz, char *err, size_t errsz);
 
 /* Forgets the cached token (after the service rejected it). */

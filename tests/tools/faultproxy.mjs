@@ -85,8 +85,15 @@ function matches(req) {
   return true;
 }
 
-function takeFault(kind) {
+// A matching request reserves one fault at once (concurrent requests must not all take the
+// last one); a fault that turns out not to apply (body too short) is given back.
+function reserveFault() {
   left--;
+}
+function refundFault() {
+  left++;
+}
+function takeFault(kind) {
   stats.faults[kind]++;
   stats.injected++;
 }
@@ -187,6 +194,7 @@ function injectCut(req, res, how) {
     const limit = how === 'reset' ? Number(rule.afterBytes ?? 0)
       : rule.afterBytes !== undefined ? Number(rule.afterBytes) : Math.floor(len / 2);
     if (!(ures.statusCode >= 200 && ures.statusCode < 300) || !(len > limit)) {
+      refundFault();
       res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
       ures.pipe(res);
       return;
@@ -224,6 +232,7 @@ function injectStallBody(req, res, after, ms) {
     const len = Number(ures.headers['content-length'] ?? NaN);
     res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
     if (!(ures.statusCode >= 200 && ures.statusCode < 300) || !(len > after)) {
+      refundFault();
       ures.pipe(res);
       return;
     }
@@ -285,6 +294,7 @@ const server = http.createServer((req, res) => {
     if (req.headers['x-ms-range'] || req.headers.range) stats.rangedGets++;
   }
   if (!matches(req)) return passThrough(req, res);
+  reserveFault();
   switch (rule.kind) {
     case 'status': return injectStatus(req, res);
     case 'reset': return injectCut(req, res, 'reset');
