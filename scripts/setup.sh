@@ -10,8 +10,12 @@ DEB_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libhiredis-dev libcmocka-dev
   redis-server curl openssl iproute2 procps prometheus
-  nodejs npm
 )
+# Node.js and npm run Azurite and the test fixtures. Any installation will do (the machine
+# image may bring its own); Debian's packages only when there is none.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  DEB_PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
