@@ -38,7 +38,9 @@
  *   foot  u32 CRC-32C of everything above, u32 trailer length (all four parts),
  *         u32 end magic "BSCE"                                                (12 bytes)
  * A scan reads the foot from the end of the file, then the trailer, and checks both without
- * touching the data. The key encoding is also the input of the file name's SHA-256. */
+ * touching the data. The file is DIR/ab/<hex SHA-256 of (key encoding, u64 index)>.chunk,
+ * "ab" its first two hex digits; puts write DIR/tmp/ first; DIR/lock is held (flock) by the
+ * one store that uses DIR. */
 #define TRAILER_MAGIC   0x4b435342u /* "BSCK" */
 #define TRAILER_END     0x45435342u /* "BSCE" */
 #define TRAILER_VERSION 1

@@ -37,6 +37,7 @@ struct bs_store_stats {
 /* Opens (creating) the store and scans it: files with a valid trailer are indexed, partial
  * (temporary) and malformed files are deleted. NULL with a message on failure. */
 struct bs_store *bs_store_create(const struct bs_store_opts *o, char *err, size_t errsz);
+/* Every reference must have been released. */
 void bs_store_destroy(struct bs_store *s);
 
 /* Looks a chunk up. On a hit returns 0 and a reference that pins the chunk (and counts as a
@@ -45,7 +46,7 @@ int bs_store_get(struct bs_store *s, const struct bs_chunk_key *k, struct bs_chu
 void bs_store_release(struct bs_store *s, struct bs_chunk_ref *ref);
 
 /* A new read-only descriptor of the chunk's file (caller closes). The data starts at file
- * offset 0. Returns the fd or -errno. */
+ * offset 0. Returns the fd or -errno (-ENOENT when the chunk was dropped meanwhile). */
 int bs_chunk_ref_open(const struct bs_chunk_ref *ref);
 uint64_t bs_chunk_ref_length(const struct bs_chunk_ref *ref);
 uint32_t bs_chunk_ref_block_size(const struct bs_chunk_ref *ref);
@@ -54,8 +55,9 @@ const uint32_t *bs_chunk_ref_crcs(const struct bs_chunk_ref *ref, uint32_t *n);
 
 /* Stores len bytes as the chunk k: computes the block CRCs, writes a temporary file, renames
  * it into place, evicts if the high watermark would be passed. Returns 0, -EEXIST (already
- * there; not an error for callers), -ENOSPC (no room even after eviction, or disk full), or
- * -EIO with a message. Never leaves a partial file visible. */
+ * there, or being put; not an error for callers), -ENOSPC (no room even after eviction, or
+ * disk full), -EINVAL (a key field empty or over 1024 bytes, a chunk over 256 MiB), -ENOMEM,
+ * or -EIO, with a message. Never leaves a partial file visible. */
 int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *data, size_t len,
                  char *err, size_t errsz);
 
@@ -65,7 +67,8 @@ void bs_store_drop(struct bs_store *s, const struct bs_chunk_key *k);
 void bs_store_get_stats(struct bs_store *s, struct bs_store_stats *out);
 
 /* Verifies `len` bytes read from block-aligned offset `off` of a chunk against its CRCs;
- * len must be whole blocks except at the chunk's end. Returns 0 or -EBADMSG. */
+ * len must be whole blocks except at the chunk's end (-EINVAL otherwise). Returns 0 or
+ * -EBADMSG. */
 int bs_chunk_verify(const uint32_t *crcs, uint32_t ncrcs, uint32_t block_size, uint64_t chunk_len,
                     uint64_t off, const void *data, size_t len);
 

@@ -7,7 +7,7 @@ if(NOT TARGET PkgConfig::CMOCKA)
   pkg_check_modules(CMOCKA REQUIRED IMPORTED_TARGET cmocka)
 endif()
 
-set(BS_UNIT_MODULES config connstr sharedkey token blobreader)
+set(BS_UNIT_MODULES config connstr sharedkey token blobreader crc32c)
 foreach(module IN LISTS BS_UNIT_MODULES)
   add_executable(unit_${module} ${CMAKE_CURRENT_LIST_DIR}/test_${module}.c)
   target_link_libraries(unit_${module} PRIVATE bs_common PkgConfig::CMOCKA)
@@ -43,3 +43,9 @@ set_tests_properties(unit_metrics_promtool PROPERTIES FIXTURES_REQUIRED metrics_
                      SKIP_RETURN_CODE 77)
 set_tests_properties(unit_metrics unit_metrics_sample unit_metrics_promtool PROPERTIES
                      LABELS unit TIMEOUT 120)
+
+# agent/store: real files in a temp dir; the disk-full case mounts a 1 MiB tmpfs when root.
+add_executable(unit_store ${CMAKE_CURRENT_LIST_DIR}/test_store.c)
+target_link_libraries(unit_store PRIVATE bs_agent PkgConfig::CMOCKA Threads::Threads)
+add_test(NAME unit_store COMMAND unit_store)
+set_tests_properties(unit_store PROPERTIES LABELS unit TIMEOUT 120)

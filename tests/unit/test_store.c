@@ -1,0 +1,1070 @@
+/* Unit tests for agent/store on real files in a fresh temporary directory: byte-exact round
+ * trips through the descriptor, key derivation (file names recomputed here from the format's
+ * definition), eviction order and watermarks, the restart scan, every kind of damaged file,
+ * a full disk (a 1 MiB tmpfs when this process may mount one, a file size limit always),
+ * and many threads sharing a small budget. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdbool.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/evp.h>
+
+#include "crc32c.h"
+#include "store.h"
+
+#define BLOCK 4096u
+#define ETAG  "\"0x8DC0FFEE\""
+
+struct env {
+    char dir[64]; /* /tmp/bs_store_test.XXXXXX */
+    struct bs_store *s;
+};
+
+/* ---- helpers ---- */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static int setup(void **state)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    if (!e)
+        return -1;
+    snprintf(e->dir, sizeof(e->dir), "/tmp/bs_store_test.XXXXXX");
+    if (!mkdtemp(e->dir))
+        return -1;
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct env *e = *state;
+    bs_store_destroy(e->s);
+    nftw(e->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(e);
+    return 0;
+}
+
+static struct bs_store *open_store(const char *dir, uint64_t budget, int high, int low)
+{
+    struct bs_store_opts o = {dir, budget, high, low, BLOCK};
+    char err[256] = "";
+    struct bs_store *s = bs_store_create(&o, err, sizeof(err));
+    if (!s)
+        fail_msg("bs_store_create(%s): %s", dir, err);
+    return s;
+}
+
+static struct bs_chunk_key key_of(const char *blob, uint64_t index)
+{
+    return (struct bs_chunk_key){"acct", "models", blob, ETAG, index};
+}
+
+/* The bytes of a chunk: a function of its key, so any reader can check what it got. */
+static void fill(unsigned char *buf, size_t n, const struct bs_chunk_key *k)
+{
+    uint64_t x = 1469598103934665603u;
+    const char *f[4] = {k->account, k->container, k->blob, k->etag};
+    for (int i = 0; i < 4; i++)
+        for (const char *p = f[i]; *p; p++)
+            x = (x ^ (unsigned char)*p) * 1099511628211u;
+    x ^= k->index * 0x9e3779b97f4a7c15u;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf[i] = (unsigned char)x;
+    }
+}
+
+static int put_len(struct bs_store *s, const struct bs_chunk_key *k, size_t len)
+{
+    unsigned char *buf = malloc(len ? len : 1);
+    assert_non_null(buf);
+    fill(buf, len, k);
+    char err[256] = "";
+    int rc = bs_store_put(s, k, buf, len, err, sizeof(err));
+    if (rc != 0 && rc != -EEXIST && err[0] == '\0')
+        fail_msg("put failed (%d) without a message", rc);
+    free(buf);
+    return rc;
+}
+
+static void put_ok(struct bs_store *s, const struct bs_chunk_key *k, size_t len)
+{
+    int rc = put_len(s, k, len);
+    if (rc != 0)
+        fail_msg("put %s/%llu: %d", k->blob, (unsigned long long)k->index, rc);
+}
+
+static bool has(struct bs_store *s, const struct bs_chunk_key *k)
+{
+    struct bs_chunk_ref *r;
+    int rc = bs_store_get(s, k, &r);
+    bs_store_release(s, r);
+    return rc == 0;
+}
+
+static unsigned char *read_all(int fd, size_t len)
+{
+    unsigned char *buf = malloc(len ? len : 1);
+    assert_non_null(buf);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, buf + got, len - got, (off_t)got);
+        assert_true(n > 0);
+        got += (size_t)n;
+    }
+    return buf;
+}
+
+/* Reads the chunk through a descriptor, byte-exact against fill() and against its CRCs. */
+static void expect_chunk(struct bs_store *s, const struct bs_chunk_key *k, size_t len)
+{
+    struct bs_chunk_ref *r;
+    int rc = bs_store_get(s, k, &r);
+    if (rc != 0)
+        fail_msg("get %s/%llu: %d", k->blob, (unsigned long long)k->index, rc);
+    assert_int_equal(bs_chunk_ref_length(r), len);
+    assert_int_equal(bs_chunk_ref_block_size(r), BLOCK);
+    int fd = bs_chunk_ref_open(r);
+    assert_true(fd >= 0);
+    unsigned char *got = read_all(fd, len), *want = malloc(len ? len : 1);
+    fill(want, len, k);
+    assert_memory_equal(got, want, len);
+    uint32_t n;
+    const uint32_t *crcs = bs_chunk_ref_crcs(r, &n);
+    assert_int_equal(n, (len + BLOCK - 1) / BLOCK);
+    assert_int_equal(bs_chunk_verify(crcs, n, BLOCK, len, 0, got, len), 0);
+    free(got);
+    free(want);
+    close(fd);
+    bs_store_release(s, r);
+}
+
+/* The file of a chunk, from the format's definition: hex SHA-256 of the four key strings,
+ * each as u16 little-endian length + bytes, then the index as u64 little-endian. */
+static void chunk_path(const char *dir, const struct bs_chunk_key *k, char *out, size_t outsz)
+{
+    unsigned char enc[4 * (2 + 1024) + 8], md[32];
+    size_t n = 0;
+    const char *f[4] = {k->account, k->container, k->blob, k->etag};
+    for (int i = 0; i < 4; i++) {
+        size_t len = strlen(f[i]);
+        enc[n] = (unsigned char)len;
+        enc[n + 1] = (unsigned char)(len >> 8);
+        memcpy(enc + n + 2, f[i], len);
+        n += 2 + len;
+    }
+    for (int i = 0; i < 8; i++)
+        enc[n++] = (unsigned char)(k->index >> (8 * i));
+    assert_true(EVP_Digest(enc, n, md, NULL, EVP_sha256(), NULL));
+    char hex[65];
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    snprintf(out, outsz, "%s/%.2s/%s.chunk", dir, hex, hex);
+}
+
+static uint64_t file_size(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        fail_msg("stat %s: %s", path, strerror(errno));
+    return (uint64_t)st.st_size;
+}
+
+static bool exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    *len = file_size(path);
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    unsigned char *b = read_all(fd, *len);
+    close(fd);
+    return b;
+}
+
+static uint64_t disk_bytes, disk_chunks, disk_tmp;
+
+static int count_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)ftw;
+    size_t n = strlen(path);
+    if (flag == FTW_F && n > 6 && strcmp(path + n - 6, ".chunk") == 0) {
+        disk_bytes += (uint64_t)st->st_size;
+        disk_chunks++;
+    }
+    if (flag == FTW_F && n > 4 && strcmp(path + n - 4, ".tmp") == 0)
+        disk_tmp++;
+    return 0;
+}
+
+/* The index agrees with the directory: same chunk count and bytes, no temporary files, and
+ * never more than the budget. */
+static void expect_consistent(const char *dir, struct bs_store *s)
+{
+    disk_bytes = disk_chunks = disk_tmp = 0;
+    nftw(dir, count_entry, 16, FTW_PHYS);
+    struct bs_store_stats st;
+    bs_store_get_stats(s, &st);
+    assert_int_equal(st.chunks, disk_chunks);
+    assert_int_equal(st.bytes, disk_bytes);
+    assert_int_equal(disk_tmp, 0);
+    assert_true(st.bytes <= st.budget_bytes);
+}
+
+/* Size of one chunk file of `len` bytes whose blob name has `blob_len` characters. */
+static uint64_t file_bytes(size_t blob_len, size_t len)
+{
+    return len + 32 + (2 + 4) + (2 + 6) + (2 + blob_len) + (2 + strlen(ETAG)) +
+           4 * ((len + BLOCK - 1) / BLOCK) + 12;
+}
+
+/* ---- round trips and keys ---- */
+
+static void test_put_get_roundtrip(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    static const size_t lens[] = {0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17, 1 << 20};
+    uint64_t total = 0;
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        struct bs_chunk_key k = key_of("blob", i);
+        struct bs_chunk_ref *r;
+        assert_int_equal(bs_store_get(e->s, &k, &r), -ENOENT);
+        assert_null(r);
+        put_ok(e->s, &k, lens[i]);
+        expect_chunk(e->s, &k, lens[i]);
+        char path[PATH_MAX];
+        chunk_path(e->dir, &k, path, sizeof(path));
+        assert_int_equal(file_size(path), file_bytes(4, lens[i]));
+        total += file_bytes(4, lens[i]);
+    }
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.chunks, 7);
+    assert_int_equal(st.blobs, 1);
+    assert_int_equal(st.bytes, total);
+    assert_int_equal(st.budget_bytes, 64 << 20);
+    assert_int_equal(st.put_errors, 0);
+    expect_consistent(e->dir, e->s);
+}
+
+static void test_key_derivation(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    /* Each differs from the first in one field; the last two differ only in where the
+     * account/container boundary falls. */
+    const struct bs_chunk_key keys[] = {
+        {"acct", "models", "m.safetensors", ETAG, 0},
+        {"acct", "models", "m.safetensors", "\"0x8DC0FFEF\"", 0},
+        {"acct", "models", "m.safetensors", ETAG, 1},
+        {"acct", "models", "n.safetensors", ETAG, 0},
+        {"acct", "other", "m.safetensors", ETAG, 0},
+        {"acct2", "models", "m.safetensors", ETAG, 0},
+        {"ab", "cmodels", "m.safetensors", ETAG, 0},
+        {"abc", "models", "m.safetensors", ETAG, 0},
+    };
+    size_t n = sizeof(keys) / sizeof(keys[0]);
+    for (size_t i = 0; i < n; i++) {
+        put_ok(e->s, &keys[i], 5000 + i);
+        char path[PATH_MAX];
+        chunk_path(e->dir, &keys[i], path, sizeof(path));
+        assert_true(exists(path));
+    }
+    for (size_t i = 0; i < n; i++)
+        expect_chunk(e->s, &keys[i], 5000 + i);
+    /* Same key again: -EEXIST, nothing counted twice. */
+    struct bs_store_stats before, after;
+    bs_store_get_stats(e->s, &before);
+    assert_int_equal(put_len(e->s, &keys[0], 5000), -EEXIST);
+    bs_store_get_stats(e->s, &after);
+    assert_int_equal(after.bytes, before.bytes);
+    assert_int_equal(after.chunks, n);
+    assert_int_equal(after.blobs, n - 1); /* keys[0] and keys[2] are one version */
+    assert_int_equal(after.put_errors, 0);
+    /* A version never stored. */
+    struct bs_chunk_key other = keys[0];
+    other.etag = "\"0x8DC0FFF0\"";
+    assert_false(has(e->s, &other));
+
+    /* Bad keys: a clear -EINVAL, nothing stored. */
+    char longer[1026];
+    memset(longer, 'x', 1025);
+    longer[1025] = '\0';
+    const struct bs_chunk_key bad[] = {
+        {NULL, "c", "b", ETAG, 0},   {"a", "", "b", ETAG, 0},    {"a", "c", "b", NULL, 0},
+        {"a", "c", longer, ETAG, 0}, {"a", "c", "b", longer, 0},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char err[256] = "";
+        assert_int_equal(bs_store_put(e->s, &bad[i], "x", 1, err, sizeof(err)), -EINVAL);
+        assert_true(strstr(err, "chunk key") != NULL);
+        struct bs_chunk_ref *r;
+        assert_int_equal(bs_store_get(e->s, &bad[i], &r), -EINVAL);
+        bs_store_drop(e->s, &bad[i]); /* harmless */
+    }
+    longer[1024] = '\0'; /* exactly at the limit: fine */
+    struct bs_chunk_key at_limit = {"a", "c", longer, ETAG, 0};
+    put_ok(e->s, &at_limit, 10);
+    expect_chunk(e->s, &at_limit, 10);
+    /* Too big a chunk. */
+    char err[256] = "";
+    assert_int_equal(bs_store_put(e->s, &keys[0], "x", (256u << 20) + 1, err, sizeof(err)),
+                     -EINVAL);
+    assert_true(strstr(err, "limit") != NULL);
+    expect_consistent(e->dir, e->s);
+}
+
+/* ---- eviction ---- */
+
+#define CHUNK_LEN (4 * BLOCK)
+
+/* Budget 10 files; A, B, C with 3 chunks each (9 files: at the 90 % mark, no eviction). */
+static uint64_t fill_abc(struct env *e, int high, int low)
+{
+    uint64_t one = file_bytes(1, CHUNK_LEN);
+    e->s = open_store(e->dir, 10 * one, high, low);
+    for (const char *b = "A"; *b <= 'C'; b = *b == 'A' ? "B" : *b == 'B' ? "C" : "D")
+        for (int i = 0; i < 3; i++) {
+            struct bs_chunk_key k = key_of(b, (uint64_t)i);
+            put_ok(e->s, &k, CHUNK_LEN);
+        }
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.bytes, 9 * one);
+    assert_int_equal(st.evicted_chunks, 0);
+    return one;
+}
+
+static void expect_present(struct bs_store *s, const char *blob, int index, bool want)
+{
+    struct bs_chunk_key k = key_of(blob, (uint64_t)index);
+    if (has(s, &k) != want)
+        fail_msg("chunk %s%d is %s", blob, index, want ? "missing" : "still there");
+}
+
+static void expect_blob(struct bs_store *s, const char *blob, bool want)
+{
+    for (int i = 0; i < 3; i++)
+        expect_present(s, blob, i, want);
+}
+
+static struct bs_chunk_ref *pin(struct bs_store *s, const char *blob, int index)
+{
+    struct bs_chunk_key k = key_of(blob, (uint64_t)index);
+    struct bs_chunk_ref *r;
+    assert_int_equal(bs_store_get(s, &k, &r), 0);
+    return r;
+}
+
+static void touch(struct bs_store *s, const char *blob, int index)
+{
+    bs_store_release(s, pin(s, blob, index));
+}
+
+/* The least recently used version goes first, and whole: only down to the low mark. */
+static void test_evict_lru_whole_versions(void **state)
+{
+    struct env *e = *state;
+    uint64_t one = fill_abc(e, 90, 70);
+    touch(e->s, "A", 1); /* order now B, C, A */
+    struct bs_chunk_key d = key_of("D", 0);
+    put_ok(e->s, &d, CHUNK_LEN); /* 10 > 9: down to 7 including D: B goes */
+    expect_blob(e->s, "B", false);
+    expect_blob(e->s, "A", true);
+    expect_blob(e->s, "C", true);
+    expect_chunk(e->s, &d, CHUNK_LEN);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.evicted_chunks, 3);
+    assert_int_equal(st.evicted_bytes, 3 * one);
+    assert_int_equal(st.bytes, 7 * one);
+    assert_int_equal(st.blobs, 3);
+    expect_consistent(e->dir, e->s);
+}
+
+/* A version with a reader is skipped whole, even its unpinned chunks. */
+static void test_evict_skips_versions_in_use(void **state)
+{
+    struct env *e = *state;
+    fill_abc(e, 90, 70);
+    struct bs_chunk_ref *b1 = pin(e->s, "B", 1); /* order A, C, B */
+    touch(e->s, "C", 0);                         /* A, B, C */
+    touch(e->s, "A", 0);                         /* B, C, A: B is oldest but in use */
+    struct bs_chunk_key d = key_of("D", 0);
+    put_ok(e->s, &d, CHUNK_LEN);
+    expect_blob(e->s, "B", true);
+    expect_blob(e->s, "C", false);
+    expect_blob(e->s, "A", true);
+    bs_store_release(e->s, b1);
+    expect_consistent(e->dir, e->s);
+}
+
+/* Every version in use: single unpinned chunks go, least recently used first. */
+static void test_evict_falls_back_to_chunks(void **state)
+{
+    struct env *e = *state;
+    uint64_t one = fill_abc(e, 90, 70);
+    struct bs_chunk_ref *pins[3] = {pin(e->s, "A", 0), pin(e->s, "B", 0), pin(e->s, "C", 0)};
+    /* chunk order: A1 A2 B1 B2 C1 C2 A0 B0 C0 */
+    struct bs_chunk_key d = key_of("D", 0);
+    put_ok(e->s, &d, CHUNK_LEN);
+    expect_present(e->s, "A", 1, false);
+    expect_present(e->s, "A", 2, false);
+    expect_present(e->s, "B", 1, false);
+    expect_present(e->s, "B", 2, true);
+    expect_present(e->s, "C", 1, true);
+    expect_present(e->s, "C", 2, true);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(bs_chunk_ref_length(pins[i]), CHUNK_LEN);
+        bs_store_release(e->s, pins[i]);
+    }
+    expect_present(e->s, "A", 0, true);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.evicted_chunks, 3);
+    assert_int_equal(st.bytes, 7 * one);
+    expect_consistent(e->dir, e->s);
+}
+
+/* Everything pinned and the budget full: -ENOSPC, nothing lost, then room once released. */
+static void test_evict_enospc_when_all_pinned(void **state)
+{
+    struct env *e = *state;
+    uint64_t one = fill_abc(e, 90, 70);
+    struct bs_chunk_ref *pins[10];
+    int np = 0;
+    for (const char *b = "A"; *b <= 'C'; b = *b == 'A' ? "B" : *b == 'B' ? "C" : "D")
+        for (int i = 0; i < 3; i++)
+            pins[np++] = pin(e->s, b, i);
+    struct bs_chunk_key d0 = key_of("D", 0), d1 = key_of("D", 1);
+    put_ok(e->s, &d0, CHUNK_LEN); /* 10 files: over the high mark, within the budget */
+    pins[np++] = pin(e->s, "D", 0);
+    char err[256] = "";
+    unsigned char buf[CHUNK_LEN];
+    fill(buf, sizeof(buf), &d1);
+    assert_int_equal(bs_store_put(e->s, &d1, buf, sizeof(buf), err, sizeof(err)), -ENOSPC);
+    assert_true(strstr(err, "no room") != NULL);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.bytes, 10 * one);
+    assert_int_equal(st.chunks, 10);
+    assert_int_equal(st.evicted_chunks, 0);
+    assert_int_equal(st.put_errors, 1);
+    assert_false(has(e->s, &d1));
+    for (int i = 0; i < np; i++)
+        bs_store_release(e->s, pins[i]);
+    put_ok(e->s, &d1, CHUNK_LEN);
+    /* A chunk bigger than the whole budget never fits. */
+    struct bs_chunk_key big = key_of("E", 0);
+    unsigned char *huge = calloc(1, 11 * one);
+    assert_non_null(huge);
+    assert_int_equal(bs_store_put(e->s, &big, huge, 11 * one, err, sizeof(err)), -ENOSPC);
+    free(huge);
+    expect_consistent(e->dir, e->s);
+}
+
+/* Passing the high mark evicts down to the low mark, not just enough for the new chunk. */
+static void test_watermarks(void **state)
+{
+    struct env *e = *state;
+    uint64_t one = file_bytes(2, CHUNK_LEN);
+    e->s = open_store(e->dir, 10 * one, 80, 50);
+    char name[8][3];
+    for (int i = 0; i < 8; i++) {
+        snprintf(name[i], sizeof(name[i]), "V%d", i);
+        struct bs_chunk_key k = key_of(name[i], 0);
+        put_ok(e->s, &k, CHUNK_LEN); /* up to 8 files = the high mark exactly */
+    }
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.evicted_chunks, 0);
+    assert_int_equal(st.bytes, 8 * one);
+    struct bs_chunk_key k8 = key_of("V8", 0);
+    put_ok(e->s, &k8, CHUNK_LEN); /* 9 > 8: down to 5 including the new one */
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.evicted_chunks, 4);
+    assert_int_equal(st.bytes, 5 * one);
+    for (int i = 0; i < 8; i++) {
+        struct bs_chunk_key k = key_of(name[i], 0);
+        assert_int_equal(has(e->s, &k), i >= 4);
+    }
+    expect_consistent(e->dir, e->s);
+}
+
+/* ---- restart ---- */
+
+static void set_mtime(const char *dir, const struct bs_chunk_key *k, time_t when)
+{
+    char path[PATH_MAX];
+    chunk_path(dir, k, path, sizeof(path));
+    struct timespec ts[2] = {{when, 0}, {when, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+static void test_restart_scan(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    for (int v = 0; v < 4; v++)
+        for (int i = 0; i < 5; i++) {
+            char blob[8];
+            snprintf(blob, sizeof(blob), "b%d", v);
+            struct bs_chunk_key k = key_of(blob, (uint64_t)i);
+            put_ok(e->s, &k, (size_t)(1000 + 7919 * v * i));
+        }
+    struct bs_store_stats before, after;
+    bs_store_get_stats(e->s, &before);
+    bs_store_destroy(e->s);
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    bs_store_get_stats(e->s, &after);
+    assert_int_equal(after.chunks, 20);
+    assert_int_equal(after.blobs, 4);
+    assert_int_equal(after.bytes, before.bytes);
+    assert_int_equal(after.dropped_corrupt, 0);
+    for (int v = 0; v < 4; v++)
+        for (int i = 0; i < 5; i++) {
+            char blob[8];
+            snprintf(blob, sizeof(blob), "b%d", v);
+            struct bs_chunk_key k = key_of(blob, (uint64_t)i);
+            expect_chunk(e->s, &k, (size_t)(1000 + 7919 * v * i));
+        }
+    assert_int_equal(put_len(e->s, &(struct bs_chunk_key){"acct", "models", "b0", ETAG, 0}, 1000),
+                     -EEXIST);
+    expect_consistent(e->dir, e->s);
+}
+
+/* After a restart the LRU order is the files' modification order. */
+static void test_restart_lru_from_mtime(void **state)
+{
+    struct env *e = *state;
+    uint64_t one = fill_abc(e, 90, 70);
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    const char *order[3] = {"C", "A", "B"}; /* oldest first */
+    for (int v = 0; v < 3; v++)
+        for (int i = 0; i < 3; i++) {
+            struct bs_chunk_key k = key_of(order[v], (uint64_t)i);
+            set_mtime(e->dir, &k, 1000000 + 100 * v + i);
+        }
+    e->s = open_store(e->dir, 10 * one, 90, 70);
+    struct bs_chunk_key d = key_of("D", 0);
+    put_ok(e->s, &d, CHUNK_LEN);
+    expect_blob(e->s, "C", false);
+    expect_blob(e->s, "A", true);
+    expect_blob(e->s, "B", true);
+}
+
+/* A smaller budget than the files on disk: the scan evicts down to the low mark. */
+static void test_restart_with_smaller_budget(void **state)
+{
+    struct env *e = *state;
+    uint64_t one = fill_abc(e, 90, 70);
+    bs_store_destroy(e->s);
+    e->s = open_store(e->dir, 5 * one, 100, 60); /* 9 files, room for 5, low mark 3 */
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_true(st.bytes <= 3 * one);
+    assert_int_equal(st.evicted_chunks, 6); /* two whole versions */
+    expect_consistent(e->dir, e->s);
+}
+
+/* ---- damaged files ---- */
+
+static void test_corrupt_truncated(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_chunk_key k = key_of("blob", 0), k2 = key_of("blob", 1), k3 = key_of("blob", 2);
+    put_ok(e->s, &k, 3 * BLOCK + 5);
+    put_ok(e->s, &k2, 3 * BLOCK);
+    put_ok(e->s, &k3, 3 * BLOCK);
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    char path[PATH_MAX], path2[PATH_MAX], path3[PATH_MAX];
+    chunk_path(e->dir, &k, path, sizeof(path));
+    chunk_path(e->dir, &k2, path2, sizeof(path2));
+    chunk_path(e->dir, &k3, path3, sizeof(path3));
+    assert_int_equal(truncate(path, (off_t)(file_size(path) - 1)), 0); /* loses the end magic */
+    assert_int_equal(truncate(path2, 2 * BLOCK), 0);                   /* loses the trailer */
+    assert_int_equal(truncate(path3, 0), 0);
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.dropped_corrupt, 3);
+    assert_int_equal(st.chunks, 0);
+    assert_int_equal(st.bytes, 0);
+    assert_false(exists(path));
+    assert_false(exists(path2));
+    assert_false(exists(path3));
+    assert_false(has(e->s, &k));
+    put_ok(e->s, &k, 3 * BLOCK + 5); /* and it can be filled again */
+    expect_chunk(e->s, &k, 3 * BLOCK + 5);
+}
+
+/* A flipped data byte passes the scan (data is not read there), fails bs_chunk_verify on its
+ * block only, and bs_store_drop removes the chunk. */
+static void test_corrupt_data_byte(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_chunk_key k = key_of("blob", 7);
+    size_t len = 3 * BLOCK + 100;
+    put_ok(e->s, &k, len);
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    char path[PATH_MAX];
+    chunk_path(e->dir, &k, path, sizeof(path));
+    size_t flen;
+    unsigned char *b = slurp(path, &flen);
+    b[BLOCK + 10] ^= 0x01;
+    write_file(path, b, flen);
+    free(b);
+
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.chunks, 1);
+    assert_int_equal(st.dropped_corrupt, 0);
+    struct bs_chunk_ref *r;
+    assert_int_equal(bs_store_get(e->s, &k, &r), 0);
+    int fd = bs_chunk_ref_open(r);
+    assert_true(fd >= 0);
+    unsigned char *got = read_all(fd, len);
+    close(fd);
+    uint32_t n;
+    const uint32_t *crcs = bs_chunk_ref_crcs(r, &n);
+    assert_int_equal(n, 4);
+    assert_int_equal(bs_chunk_verify(crcs, n, BLOCK, len, 0, got, len), -EBADMSG);
+    assert_int_equal(bs_chunk_verify(crcs, n, BLOCK, len, 0, got, BLOCK), 0);
+    assert_int_equal(bs_chunk_verify(crcs, n, BLOCK, len, BLOCK, got + BLOCK, BLOCK), -EBADMSG);
+    assert_int_equal(
+        bs_chunk_verify(crcs, n, BLOCK, len, 2 * BLOCK, got + 2 * BLOCK, len - 2 * BLOCK), 0);
+    free(got);
+
+    /* Dropped while this reader still holds it: gone for everyone else at once; the
+     * reference stays usable until released. */
+    bs_store_drop(e->s, &k);
+    assert_false(exists(path));
+    assert_false(has(e->s, &k));
+    assert_int_equal(bs_chunk_ref_length(r), len);
+    assert_int_equal(bs_chunk_ref_crcs(r, &n)[0], crcs[0]);
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.dropped_corrupt, 1);
+    assert_int_equal(st.chunks, 0);
+    assert_int_equal(st.blobs, 0);
+    assert_int_equal(st.bytes, 0);
+    bs_store_release(e->s, r);
+    bs_store_drop(e->s, &k); /* already gone: nothing */
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.dropped_corrupt, 1);
+    put_ok(e->s, &k, len);
+    expect_chunk(e->s, &k, len);
+}
+
+/* Files that are not chunks of their names: each one dropped at scan, the good one kept,
+ * files that are not ours (no .chunk suffix) left alone. */
+static void test_corrupt_trailers_and_names(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_chunk_key good = key_of("good", 0), flip = key_of("flip", 0),
+                        moved = key_of("move", 0), renamed = key_of("name", 0),
+                        garbage = key_of("junk", 0);
+    put_ok(e->s, &good, 2 * BLOCK);
+    put_ok(e->s, &flip, 2 * BLOCK);
+    put_ok(e->s, &moved, 2 * BLOCK);
+    put_ok(e->s, &renamed, 2 * BLOCK);
+    struct bs_store_stats before;
+    bs_store_get_stats(e->s, &before);
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    char p[PATH_MAX], q[PATH_MAX];
+
+    /* A bit of the first block CRC in the trailer (after the 32-byte head and the 34-byte
+     * key): only the trailer's own CRC can tell. */
+    chunk_path(e->dir, &flip, p, sizeof(p));
+    size_t flen;
+    unsigned char *b = slurp(p, &flen);
+    b[2 * BLOCK + 32 + 34] ^= 0x01;
+    write_file(p, b, flen);
+    free(b);
+    /* A valid chunk under another key's name. */
+    chunk_path(e->dir, &renamed, p, sizeof(p));
+    chunk_path(e->dir, &garbage, q, sizeof(q));
+    assert_int_equal(rename(p, q), 0);
+    /* A valid chunk in the wrong fan-out directory. */
+    chunk_path(e->dir, &moved, p, sizeof(p));
+    char *slash = strrchr(p, '/');
+    snprintf(q, sizeof(q), "%s/%s%s", e->dir, strncmp(slash - 2, "00", 2) ? "00" : "01", slash);
+    assert_int_equal(rename(p, q), 0);
+    /* Garbage under a well-formed name, and a short file; a name that is not 64 hex digits. */
+    unsigned char junk[3 * BLOCK];
+    memset(junk, 0xa5, sizeof(junk));
+    snprintf(p, sizeof(p), "%s/ab/ab%062d.chunk", e->dir, 0);
+    write_file(p, junk, sizeof(junk));
+    snprintf(p, sizeof(p), "%s/cd/cd%062d.chunk", e->dir, 1);
+    write_file(p, junk, 5);
+    snprintf(p, sizeof(p), "%s/ef/not-a-hash.chunk", e->dir);
+    write_file(p, junk, sizeof(junk));
+    /* Not ours: kept. */
+    char foreign[PATH_MAX];
+    snprintf(foreign, sizeof(foreign), "%s/ab/README", e->dir);
+    write_file(foreign, "hi", 2);
+
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.dropped_corrupt, 6);
+    assert_int_equal(st.chunks, 1);
+    assert_int_equal(st.bytes, before.bytes / 4);
+    expect_chunk(e->s, &good, 2 * BLOCK);
+    assert_false(has(e->s, &flip));
+    assert_false(has(e->s, &moved));
+    assert_false(has(e->s, &renamed));
+    assert_false(has(e->s, &garbage));
+    assert_true(exists(foreign));
+    expect_consistent(e->dir, e->s);
+}
+
+static void test_leftover_tmp_removed(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    bs_store_destroy(e->s);
+    char p[PATH_MAX];
+    snprintf(p, sizeof(p), "%s/tmp/%064d.1.tmp", e->dir, 0);
+    write_file(p, "partial", 7);
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    assert_false(exists(p));
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.chunks, 0);
+    assert_int_equal(st.dropped_corrupt, 0);
+}
+
+static void test_verify_misuse(void **state)
+{
+    (void)state;
+    unsigned char data[3 * BLOCK + 10];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (unsigned char)(i * 31 + i / 251);
+    uint64_t len = sizeof(data);
+    uint32_t crcs[4];
+    for (int i = 0; i < 4; i++)
+        crcs[i] = bs_crc32c(0, data + i * BLOCK, i < 3 ? BLOCK : 10);
+
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 0, data, len), 0);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 3 * BLOCK, data + 3 * BLOCK, 10), 0);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, BLOCK, data + BLOCK, 2 * BLOCK), 0);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, BLOCK, data + BLOCK, 0), 0);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, BLOCK, data, BLOCK), -EBADMSG);
+    /* misuse */
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 1, data, BLOCK), -EINVAL);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 0, data, BLOCK + 1), -EINVAL);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 3 * BLOCK, data, 11), -EINVAL);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 4 * BLOCK, data, 0), -EINVAL);
+    assert_int_equal(bs_chunk_verify(crcs, 3, BLOCK, len, 0, data, BLOCK), -EINVAL);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK + 1, len, 0, data, BLOCK), -EINVAL);
+    assert_int_equal(bs_chunk_verify(crcs, 4, 0, len, 0, data, BLOCK), -EINVAL);
+    assert_int_equal(bs_chunk_verify(NULL, 4, BLOCK, len, 0, data, BLOCK), -EINVAL);
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 0, NULL, BLOCK), -EINVAL);
+    /* mismatch: the last block checked against the short tail */
+    data[3 * BLOCK + 9] ^= 1;
+    assert_int_equal(bs_chunk_verify(crcs, 4, BLOCK, len, 3 * BLOCK, data + 3 * BLOCK, 10),
+                     -EBADMSG);
+}
+
+/* ---- options, sharing, disk full ---- */
+
+static void test_bad_options_and_second_store(void **state)
+{
+    struct env *e = *state;
+    const struct bs_store_opts bad[] = {
+        {e->dir, 1 << 20, 90, 70, 1000},     {e->dir, 1 << 20, 90, 70, 2048},
+        {e->dir, 1 << 20, 90, 70, 1u << 25}, {e->dir, 1 << 20, 70, 90, 65536},
+        {e->dir, 1 << 20, 101, 70, 65536},   {e->dir, 1 << 20, 90, 0, 65536},
+        {e->dir, 0, 90, 70, 65536},          {NULL, 1 << 20, 90, 70, 65536},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char err[256] = "";
+        assert_null(bs_store_create(&bad[i], err, sizeof(err)));
+        assert_true(err[0] != '\0');
+    }
+    char nested[PATH_MAX];
+    snprintf(nested, sizeof(nested), "%s/a/b/c", e->dir);
+    e->s = open_store(nested, 1 << 20, 90, 70); /* parents created */
+    struct bs_store_opts o = {nested, 1 << 20, 90, 70, BLOCK};
+    char err[256] = "";
+    assert_null(bs_store_create(&o, err, sizeof(err)));
+    assert_true(strstr(err, "in use") != NULL);
+    bs_store_destroy(e->s);
+    e->s = open_store(nested, 1 << 20, 90, 70); /* free again */
+    bs_store_destroy(NULL);
+    bs_store_release(e->s, NULL);
+}
+
+/* A write that hits the file size limit (EFBIG, as a full disk would give ENOSPC): -ENOSPC
+ * with a message, no temporary file, the index unchanged, later puts fine. */
+static void test_disk_full_file_size_limit(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_chunk_key small = key_of("small", 0), big = key_of("big", 0);
+    put_ok(e->s, &small, 1000);
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 8192;
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    unsigned char *buf = malloc(64 * 1024);
+    assert_non_null(buf);
+    fill(buf, 64 * 1024, &big);
+    char err[256] = "";
+    int rc = bs_store_put(e->s, &big, buf, 64 * 1024, err, sizeof(err));
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+    free(buf);
+    assert_int_equal(rc, -ENOSPC);
+    assert_true(strstr(err, "write") != NULL);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.put_errors, 1);
+    assert_int_equal(st.chunks, 1);
+    assert_int_equal(st.blobs, 1);
+    assert_false(has(e->s, &big));
+    expect_consistent(e->dir, e->s);
+    put_ok(e->s, &big, 64 * 1024);
+    expect_chunk(e->s, &big, 64 * 1024);
+    expect_chunk(e->s, &small, 1000);
+}
+
+/* A real full disk: a 1 MiB tmpfs in a mount namespace of this process (needs
+ * CAP_SYS_ADMIN; skipped without it). The budget is far larger than the disk. */
+static void test_disk_full_tmpfs(void **state)
+{
+    struct env *e = *state;
+    char mnt[PATH_MAX];
+    snprintf(mnt, sizeof(mnt), "%s/small", e->dir);
+    assert_int_equal(mkdir(mnt, 0755), 0);
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("tmpfs", mnt, "tmpfs", 0, "size=1m") < 0) {
+        print_message("disk full on tmpfs: cannot mount (%s), skipped\n", strerror(errno));
+        skip();
+    }
+    e->s = open_store(mnt, 64 << 20, 90, 70);
+    int ok = 0, rc = 0;
+    for (int i = 0; i < 16 && rc == 0; i++) {
+        struct bs_chunk_key k = key_of("blob", (uint64_t)i);
+        if ((rc = put_len(e->s, &k, 256 * 1024)) == 0)
+            ok++;
+    }
+    assert_int_equal(rc, -ENOSPC);
+    assert_true(ok >= 2 && ok <= 4);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.put_errors, 1);
+    assert_int_equal(st.chunks, (uint64_t)ok);
+    expect_consistent(mnt, e->s);
+    for (int i = 0; i < ok; i++) {
+        struct bs_chunk_key k = key_of("blob", (uint64_t)i);
+        expect_chunk(e->s, &k, 256 * 1024);
+    }
+    /* Room made by a drop is usable again. */
+    struct bs_chunk_key k0 = key_of("blob", 0), kn = key_of("blob", (uint64_t)ok);
+    bs_store_drop(e->s, &k0);
+    put_ok(e->s, &kn, 256 * 1024);
+    /* And the scan of a full disk finds it all. */
+    bs_store_get_stats(e->s, &st);
+    bs_store_destroy(e->s);
+    e->s = open_store(mnt, 64 << 20, 90, 70);
+    struct bs_store_stats again;
+    bs_store_get_stats(e->s, &again);
+    assert_int_equal(again.bytes, st.bytes);
+    assert_int_equal(again.chunks, st.chunks);
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    assert_int_equal(umount2(mnt, MNT_DETACH), 0);
+}
+
+/* ---- threads ---- */
+
+#define T_THREADS 8
+#define T_OPS     3000
+#define T_BLOBS   4
+#define T_INDEXES 8
+
+struct worker {
+    struct bs_store *s;
+    unsigned seed;
+    int hits, puts, full, errors;
+};
+
+static size_t t_len(uint64_t index)
+{
+    return BLOCK * (1 + index % 3) + (size_t)(index * 37 % BLOCK);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    static const char *blobs[T_BLOBS] = {"w0", "w1", "w2", "w3"};
+    struct bs_chunk_ref *held[2] = {NULL, NULL};
+    unsigned char *buf = malloc(4 * BLOCK), *want = malloc(4 * BLOCK);
+    for (int op = 0; op < T_OPS; op++) {
+        unsigned r = (unsigned)rand_r(&w->seed);
+        struct bs_chunk_key k = key_of(blobs[r % T_BLOBS], (r / T_BLOBS) % T_INDEXES);
+        size_t len = t_len(k.index);
+        unsigned what = (r >> 16) % 16;
+        struct bs_chunk_ref *ref = NULL;
+        if (what < 10 && bs_store_get(w->s, &k, &ref) == 0) {
+            w->hits++;
+            /* Eviction never takes a pinned chunk, but another thread may drop it. */
+            int fd = bs_chunk_ref_open(ref);
+            if (fd == -ENOENT)
+                ;
+            else if (fd < 0 || pread(fd, buf, len, 0) != (ssize_t)len)
+                w->errors++;
+            else {
+                uint32_t n;
+                const uint32_t *crcs = bs_chunk_ref_crcs(ref, &n);
+                fill(want, len, &k);
+                if (memcmp(buf, want, len) != 0 ||
+                    bs_chunk_verify(crcs, n, BLOCK, len, 0, buf, len) != 0)
+                    w->errors++;
+            }
+            if (fd >= 0)
+                close(fd);
+            int slot = (int)(r >> 24) % 4;
+            if (slot < 2 && !held[slot]) {
+                held[slot] = ref; /* keep it pinned for a while */
+                continue;
+            }
+            bs_store_release(w->s, ref);
+        } else if (what < 15) {
+            fill(buf, len, &k);
+            char err[256];
+            int rc = bs_store_put(w->s, &k, buf, len, err, sizeof(err));
+            if (rc == 0)
+                w->puts++;
+            else if (rc == -ENOSPC)
+                w->full++;
+            else if (rc != -EEXIST)
+                w->errors++;
+        } else {
+            bs_store_drop(w->s, &k);
+        }
+        if ((r & 0xff) < 16)
+            for (int i = 0; i < 2; i++) {
+                bs_store_release(w->s, held[i]);
+                held[i] = NULL;
+            }
+    }
+    for (int i = 0; i < 2; i++)
+        bs_store_release(w->s, held[i]);
+    free(buf);
+    free(want);
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    struct env *e = *state;
+    uint64_t budget = 14 * file_bytes(2, 2 * BLOCK); /* fewer than the pins can hold */
+    e->s = open_store(e->dir, budget, 90, 60);
+    pthread_t t[T_THREADS];
+    struct worker w[T_THREADS];
+    for (int i = 0; i < T_THREADS; i++) {
+        w[i] = (struct worker){e->s, 1234u + (unsigned)i, 0, 0, 0, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+    }
+    int hits = 0, puts = 0, full = 0;
+    for (int i = 0; i < T_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(w[i].errors, 0);
+        hits += w[i].hits;
+        puts += w[i].puts;
+        full += w[i].full;
+    }
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    print_message("threads: %d hits, %d puts, %d full, %llu evicted, %llu dropped\n", hits, puts,
+                  full, (unsigned long long)st.evicted_chunks,
+                  (unsigned long long)st.dropped_corrupt);
+    assert_true(hits > 0 && puts > 0 && st.evicted_chunks > 0);
+    expect_consistent(e->dir, e->s);
+    bs_store_destroy(e->s);
+    e->s = open_store(e->dir, budget, 90, 60);
+    struct bs_store_stats again;
+    bs_store_get_stats(e->s, &again);
+    assert_int_equal(again.bytes, st.bytes);
+    assert_int_equal(again.chunks, st.chunks);
+    assert_int_equal(again.dropped_corrupt, 0);
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_put_get_roundtrip),
+        T(test_key_derivation),
+        T(test_evict_lru_whole_versions),
+        T(test_evict_skips_versions_in_use),
+        T(test_evict_falls_back_to_chunks),
+        T(test_evict_enospc_when_all_pinned),
+        T(test_watermarks),
+        T(test_restart_scan),
+        T(test_restart_lru_from_mtime),
+        T(test_restart_with_smaller_budget),
+        T(test_corrupt_truncated),
+        T(test_corrupt_data_byte),
+        T(test_corrupt_trailers_and_names),
+        T(test_leftover_tmp_removed),
+        cmocka_unit_test(test_verify_misuse),
+        T(test_bad_options_and_second_store),
+        T(test_disk_full_file_size_limit),
+        T(test_threads),
+        T(test_disk_full_tmpfs), /* last: it moves the process into its own mount namespace */
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
