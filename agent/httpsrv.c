@@ -25,6 +25,7 @@ struct bs_httpsrv {
     struct MHD_Daemon *d;
     int port;
     atomic_int ready;
+    atomic_int busy; /* requests being answered */
     struct bs_service *svc;
     struct bs_metrics *metrics;
     struct bs_store *store;
@@ -155,12 +156,10 @@ out:
     return ret;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
+static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, const char *url,
+                              const char *method, const char *upload_data, size_t *upload_data_size,
+                              void **con_cls)
 {
-    (void)version;
-    struct bs_httpsrv *h = cls;
     if (strcmp(method, "POST") == 0 && strcmp(url, "/v1/chunk") == 0) {
         struct body *b = *con_cls;
         if (!b) {
@@ -182,6 +181,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         bs_metric_add(h->m_http, "chunk", 1);
         if (b->too_large)
             return send_text(c, 413, "text/plain", "request too large\n");
+        char op[16], err[128];
+        if (bs_proto_decode_op(b->data, b->len, op, sizeof(op), err, sizeof(err)) == 0 &&
+            strcmp(op, "corrupt") == 0) {
+            struct bs_chunk_req *req = malloc(sizeof(*req));
+            if (req && bs_proto_decode_req(b->data, b->len, req, err, sizeof(err)) == 0)
+                bs_service_report_corrupt(h->svc, req);
+            free(req);
+            return send_text(c, 200, "text/plain", "noted\n");
+        }
         bs_metric_add(h->m_inflight, "http", 1);
         enum MHD_Result ret = serve_chunk(h, c, b);
         bs_metric_add(h->m_inflight, "http", -1);
@@ -206,6 +214,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     bs_metric_add(h->m_http, "other", 1);
     return send_text(c, 404, "text/plain", "not found\n");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    struct bs_httpsrv *h = cls;
+    atomic_fetch_add(&h->busy, 1);
+    enum MHD_Result r = handle(h, c, url, method, upload_data, upload_data_size, con_cls);
+    atomic_fetch_sub(&h->busy, 1);
+    return r;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -295,23 +315,26 @@ void bs_httpsrv_set_ready(struct bs_httpsrv *h, int ready)
     atomic_store(&h->ready, ready);
 }
 
-void bs_httpsrv_destroy(struct bs_httpsrv *h, long drain_ms)
+int bs_httpsrv_destroy(struct bs_httpsrv *h, long drain_ms)
 {
     if (!h)
-        return;
+        return 0;
     atomic_store(&h->ready, 0);
     MHD_socket s = MHD_quiesce_daemon(h->d);
     if (s != MHD_INVALID_SOCKET)
         close(s);
+    /* Idle keep-alive connections do not hold a drain back; requests in progress do. */
     uint64_t deadline = bs_now_ns() + (uint64_t)drain_ms * 1000000ull;
-    while (bs_now_ns() < deadline) {
-        const union MHD_DaemonInfo *info =
-            MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-        if (!info || info->num_connections == 0)
-            break;
+    int busy;
+    while ((busy = atomic_load(&h->busy)) > 0 && bs_now_ns() < deadline) {
         struct timespec ts = {0, 20 * 1000000};
         nanosleep(&ts, NULL);
     }
+    if (busy > 0) {
+        bs_log(BS_LOG_WARN, "httpsrv", "event=drain_timeout requests=%d", busy);
+        return busy;
+    }
     MHD_stop_daemon(h->d);
     free(h);
+    return 0;
 }

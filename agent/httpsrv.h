@@ -18,7 +18,9 @@ struct bs_httpsrv *bs_httpsrv_create(const char *listen, int max_conns, struct b
                                      size_t errsz);
 int bs_httpsrv_port(const struct bs_httpsrv *h);
 void bs_httpsrv_set_ready(struct bs_httpsrv *h, int ready);
-/* Stops accepting, waits up to drain_ms for open connections, stops. Accepts NULL. */
-void bs_httpsrv_destroy(struct bs_httpsrv *h, long drain_ms);
+/* Stops accepting, waits up to drain_ms for requests in progress, stops. Returns the number
+ * of requests still in progress when the time ran out: then the server is left running and
+ * the caller must not free what it uses (the agent exits). Accepts NULL. */
+int bs_httpsrv_destroy(struct bs_httpsrv *h, long drain_ms);
 
 #endif

@@ -11,10 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "agentproto.h"
 #include "blobreader.h"
 #include "config.h"
 #include "fetch.h"
@@ -117,7 +119,7 @@ static const char *lookup(const char *name, void *ctx)
     char flag[96];
     short_name(name, '-', flag, sizeof(flag));
     size_t fl = strlen(flag);
-    for (int i = 1; i < s->argc; i++) {
+    for (int i = s->argc - 1; i >= 1; i--) { /* the last occurrence wins */
         const char *a = s->argv[i];
         if (strncmp(a, "--", 2) != 0 || strncmp(a + 2, flag, fl) != 0)
             continue;
@@ -222,9 +224,12 @@ int main(int argc, char **argv)
     }
     json_decref(src.file);
     if (cfg.low_pct >= cfg.high_pct || (cfg.block_bytes & (cfg.block_bytes - 1)) ||
-        cfg.chunk_bytes % cfg.block_bytes) {
-        fprintf(stderr, "blobswarm-agent: need LOW_PCT < HIGH_PCT, BLOCK_BYTES a power of two "
-                        "dividing CHUNK_BYTES\n");
+        cfg.chunk_bytes % cfg.block_bytes ||
+        cfg.chunk_bytes / cfg.block_bytes > BS_PROTO_MAX_CRCS) {
+        fprintf(stderr,
+                "blobswarm-agent: need STORE_LOW_PCT < STORE_HIGH_PCT, and BLOCK_BYTES a power "
+                "of two dividing CHUNK_BYTES into at most %d blocks\n",
+                BS_PROTO_MAX_CRCS);
         return 2;
     }
     if (!cfg.socket_path[0] && !cfg.listen[0]) {
@@ -344,12 +349,25 @@ int main(int argc, char **argv)
     int sig = 0;
     sigwait(&sigs, &sig);
     bs_log(BS_LOG_INFO, "agent", "event=draining signal=%d drain_ms=%lld", sig, cfg.drain_ms);
+    /* Drain: readiness off, no new connections, requests in progress may finish, all within
+     * one drain period. What is still running then (a request stuck on Azure, a fill) is
+     * not waited for: the agent exits at once, without freeing what those threads use. The
+     * store needs no shutdown: chunks are renamed into place only when complete. */
+    uint64_t drain_end = bs_now_ns() + (uint64_t)cfg.drain_ms * 1000000ull;
     if (hsrv)
         bs_httpsrv_set_ready(hsrv, 0);
-    bs_unixsrv_destroy(usrv, cfg.drain_ms);
+    int left = bs_unixsrv_destroy(usrv, cfg.drain_ms);
     usrv = NULL;
-    bs_httpsrv_destroy(hsrv, cfg.drain_ms);
+    uint64_t now = bs_now_ns();
+    long rest = now < drain_end ? (long)((drain_end - now) / 1000000ull) : 0;
+    left += bs_httpsrv_destroy(hsrv, rest);
     hsrv = NULL;
+    if (left > 0 || bs_service_busy(svc) > 0) {
+        bs_log(BS_LOG_WARN, "agent",
+               "event=exit rc=0 drained=partial requests_left=%d fills_left=%d", left,
+               bs_service_busy(svc));
+        _exit(0);
+    }
     rc = 0;
     goto out;
 

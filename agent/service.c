@@ -35,6 +35,7 @@ struct fill_job {
 };
 
 #define MAP_BUCKETS 256
+#define MAX_CHECKS  256 /* concurrent distinct access checks that are single-flighted */
 
 struct bs_service {
     struct bs_service_opts o;
@@ -47,6 +48,12 @@ struct bs_service {
     pthread_cond_t work_cv;
     struct fill_job *qhead, *qtail;
     int queued;
+    int running; /* fills a worker is doing */
+    struct {
+        unsigned char key[32];
+        int used;
+    } checking[MAX_CHECKS]; /* grants being verified right now */
+    pthread_cond_t check_cv;
     struct fill_job *map[MAP_BUCKETS];
     int stop;
     pthread_t *workers;
@@ -133,11 +140,17 @@ static void job_unref_locked(struct fill_job *j)
     free(j);
 }
 
-static void chunk_key(struct bs_chunk_key *k, const char *endpoint, const char *container,
-                      const char *blob, const char *etag, uint64_t index)
+#define KEY_ACCOUNT_MAX 1100
+
+/* The store's "account" field is the endpoint URL, which names the account unambiguously,
+ * and the grid: chunk i of an 8 MiB grid is other bytes than chunk i of a 4 MiB one, so a
+ * store reused with another BLOBSWARM_CHUNK_BYTES never serves a chunk of the old grid. */
+static void chunk_key(struct bs_chunk_key *k, char acct[KEY_ACCOUNT_MAX], uint64_t chunk_size,
+                      const char *endpoint, const char *container, const char *blob,
+                      const char *etag, uint64_t index)
 {
-    /* The store's "account" is the endpoint URL, which names the account unambiguously. */
-    k->account = endpoint;
+    snprintf(acct, KEY_ACCOUNT_MAX, "%s#grid=%llu", endpoint, (unsigned long long)chunk_size);
+    k->account = acct;
     k->container = container;
     k->blob = blob;
     k->etag = etag;
@@ -145,13 +158,8 @@ static void chunk_key(struct bs_chunk_key *k, const char *endpoint, const char *
 }
 
 /* One origin fill: the replaceable "where a missing chunk comes from" step. */
-static int fill_one(struct bs_service *s, struct fill_job *j, char *err, size_t errsz)
+static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *err, size_t errsz)
 {
-    char *buf = malloc(j->len ? j->len : 1);
-    if (!buf) {
-        snprintf(err, errsz, "out of memory for a %llu-byte chunk", (unsigned long long)j->len);
-        return -ENOMEM;
-    }
     uint64_t t0 = bs_now_ns();
     const char *account = strrchr(j->endpoint, '/'); /* only for messages */
     int rc =
@@ -161,7 +169,8 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *err, size_t 
         bs_metric_add(s->m_origin_fetches, "miss", 1);
         bs_metric_add(s->m_origin_bytes, NULL, (double)j->len);
         struct bs_chunk_key k;
-        chunk_key(&k, j->endpoint, j->container, j->blob, j->etag, j->index);
+        char acct[KEY_ACCOUNT_MAX];
+        chunk_key(&k, acct, s->o.chunk_size, j->endpoint, j->container, j->blob, j->etag, j->index);
         rc = bs_store_put(s->store, &k, buf, (size_t)j->len, err, errsz);
         if (rc == -EEXIST)
             rc = 0;
@@ -171,13 +180,15 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *err, size_t 
         bs_metric_add(s->m_errors, "origin", 1);
     }
     bs_metric_observe(s->m_fill_seconds, NULL, (double)(bs_now_ns() - t0) / 1e9);
-    free(buf);
     return rc;
 }
 
 static void *worker_main(void *arg)
 {
     struct bs_service *s = arg;
+    /* One chunk buffer per worker for its whole life: fill memory is bounded by workers x
+     * chunk size, and a fill does not pay page faults on a fresh buffer. */
+    char *buf = malloc(s->o.chunk_size);
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->stop && !s->qhead)
@@ -189,13 +200,15 @@ static void *worker_main(void *arg)
         if (!s->qhead)
             s->qtail = NULL;
         s->queued--;
+        s->running++;
         bs_metric_set(s->m_fill_queue, NULL, s->queued);
         pthread_mutex_unlock(&s->lock);
 
-        char err[256] = "";
-        int rc = fill_one(s, j, err, sizeof(err));
+        char err[256] = "out of memory for a chunk buffer";
+        int rc = buf ? fill_one(s, j, buf, err, sizeof(err)) : -ENOMEM;
 
         pthread_mutex_lock(&s->lock);
+        s->running--;
         j->rc = rc;
         snprintf(j->err, sizeof(j->err), "%s", err);
         j->done = 1;
@@ -209,6 +222,7 @@ static void *worker_main(void *arg)
         job_unref_locked(j);
     }
     pthread_mutex_unlock(&s->lock);
+    free(buf);
     return NULL;
 }
 
@@ -308,6 +322,89 @@ static int valid_container(const char *c)
     return 1;
 }
 
+/* Registers this thread as the one checking grant `key`, so concurrent requests with the same
+ * credential wait for its answer instead of each sending a HEAD. Returns the slot, -1 when
+ * the table is full (check unregistered), or -2 after waiting for another checker. */
+static int begin_check(struct bs_service *s, const unsigned char key[32])
+{
+    pthread_mutex_lock(&s->lock);
+    int free_slot = -1;
+    for (int i = 0; i < MAX_CHECKS; i++) {
+        if (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 5;
+            while (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0)
+                if (pthread_cond_timedwait(&s->check_cv, &s->lock, &ts) != 0)
+                    break;
+            pthread_mutex_unlock(&s->lock);
+            return -2;
+        }
+        if (!s->checking[i].used && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot >= 0) {
+        s->checking[free_slot].used = 1;
+        memcpy(s->checking[free_slot].key, key, 32);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return free_slot;
+}
+
+static void end_check(struct bs_service *s, int slot)
+{
+    if (slot < 0)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->checking[slot].used = 0;
+    pthread_cond_broadcast(&s->check_cv);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Access: a live grant for this credential and blob, for the version the caller expects,
+ * else a HEAD with the credential. Returns 0 with *grant, or 1 with rep filled. */
+static int check_access(struct bs_service *s, const struct bs_chunk_req *req,
+                        const unsigned char gkey[32], struct bs_grant *grant,
+                        struct bs_chunk_reply *rep)
+{
+    const struct bs_delegation *auth = &req->auth;
+    char err[256];
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (bs_grants_find(s->grants, gkey, grant) == 0 &&
+            (!req->etag[0] || strcmp(req->etag, grant->etag) == 0))
+            return 0;
+        int slot = attempt == 0 ? begin_check(s, gkey) : -1;
+        if (slot == -2)
+            continue; /* another request just checked: look again */
+        struct bs_azcred *cred = bs_azcred_from_delegation(auth, err, sizeof(err));
+        if (!cred) {
+            end_check(s, slot);
+            reply(rep, BS_CHUNK_ERROR, "%s", err);
+            return 1;
+        }
+        struct bs_blob_props props;
+        int rc = bs_blobreader_head(s->reader, cred, req->account, req->container, req->blob,
+                                    &props, err, sizeof(err));
+        bs_azcred_destroy(cred);
+        bs_metric_add(s->m_grants_checked, rc == 0 ? "granted" : "refused", 1);
+        if (rc == 0) {
+            snprintf(grant->etag, sizeof(grant->etag), "%s", props.etag);
+            grant->size = props.size;
+            bs_grants_put(s->grants, gkey, auth, grant);
+        } else if (rc == -EACCES || rc == -ENOENT) {
+            bs_grants_forget(s->grants, gkey);
+            reply(rep, BS_CHUNK_DENIED, "the credential does not read this blob");
+        } else {
+            reply(rep, BS_CHUNK_MISS, "origin check failed");
+            bs_metric_add(s->m_errors, "origin", 1);
+        }
+        end_check(s, slot);
+        return rc == 0 ? 0 : 1;
+    }
+    reply(rep, BS_CHUNK_MISS, "access check did not settle");
+    return 1;
+}
+
 void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
                       struct bs_chunk_reply *rep, struct bs_chunk_ref **ref)
 {
@@ -334,32 +431,8 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     unsigned char gkey[32];
     struct bs_grant grant;
     bs_grants_key(auth, req->container, req->blob, gkey);
-    int have = bs_grants_find(s->grants, gkey, &grant) == 0;
-    if (!have || (req->etag[0] && strcmp(req->etag, grant.etag) != 0)) {
-        struct bs_azcred *cred = bs_azcred_from_delegation(auth, err, sizeof(err));
-        if (!cred) {
-            reply(rep, BS_CHUNK_ERROR, "%s", err);
-            goto out;
-        }
-        struct bs_blob_props props;
-        int rc = bs_blobreader_head(s->reader, cred, req->account, req->container, req->blob,
-                                    &props, err, sizeof(err));
-        bs_azcred_destroy(cred);
-        bs_metric_add(s->m_grants_checked, rc == 0 ? "granted" : "refused", 1);
-        if (rc == -EACCES || rc == -ENOENT) {
-            bs_grants_forget(s->grants, gkey);
-            reply(rep, BS_CHUNK_DENIED, "the credential does not read this blob");
-            goto out;
-        }
-        if (rc) {
-            reply(rep, BS_CHUNK_MISS, "origin check failed");
-            bs_metric_add(s->m_errors, "origin", 1);
-            goto out;
-        }
-        snprintf(grant.etag, sizeof(grant.etag), "%s", props.etag);
-        grant.size = props.size;
-        bs_grants_put(s->grants, gkey, auth, &grant);
-    }
+    if (check_access(s, req, gkey, &grant, rep) != 0)
+        goto out;
     if (req->etag[0] && strcmp(req->etag, grant.etag) != 0) {
         reply(rep, BS_CHUNK_MISS, "blob version changed");
         goto out;
@@ -375,7 +448,9 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     uint64_t len = grant.size - start < s->o.chunk_size ? grant.size - start : s->o.chunk_size;
 
     struct bs_chunk_key k;
-    chunk_key(&k, auth->endpoint, req->container, req->blob, grant.etag, req->chunk);
+    char acct[KEY_ACCOUNT_MAX];
+    chunk_key(&k, acct, s->o.chunk_size, auth->endpoint, req->container, req->blob, grant.etag,
+              req->chunk);
     enum bs_chunk_status st = BS_CHUNK_HIT;
     if (bs_store_get(s->store, &k, ref) != 0) {
         bs_metric_add(s->m_lookups, "miss", 1);
@@ -423,11 +498,21 @@ void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *
     if (bs_grants_find(s->grants, gkey, &grant) != 0)
         return; /* only a caller with access may make us drop a chunk */
     struct bs_chunk_key k;
-    chunk_key(&k, req->auth.endpoint, req->container, req->blob, grant.etag, req->chunk);
+    char acct[KEY_ACCOUNT_MAX];
+    chunk_key(&k, acct, s->o.chunk_size, req->auth.endpoint, req->container, req->blob, grant.etag,
+              req->chunk);
     bs_store_drop(s->store, &k);
     bs_metric_add(s->m_errors, "corrupt_chunk", 1);
     bs_log(BS_LOG_WARN, "service", "event=chunk_corrupt blob=\"%s\" chunk=%llu", req->blob,
            (unsigned long long)req->chunk);
+}
+
+int bs_service_busy(struct bs_service *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = s->queued + s->running;
+    pthread_mutex_unlock(&s->lock);
+    return n;
 }
 
 void bs_service_hello(const struct bs_service *s, struct bs_hello *h)
@@ -453,6 +538,7 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
     s->grants = bs_grants_create(o->max_grants, o->grant_ttl_ms);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->work_cv, NULL);
+    pthread_cond_init(&s->check_cv, NULL);
     s->m_requests = bs_metrics_counter(metrics, "blobswarm_agent_chunk_requests_total",
                                        "Chunk requests answered, by status.", "status");
     s->m_served =
@@ -517,6 +603,7 @@ void bs_service_destroy(struct bs_service *s)
     bs_grants_destroy(s->grants);
     free(s->patterns);
     pthread_cond_destroy(&s->work_cv);
+    pthread_cond_destroy(&s->check_cv);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }

@@ -44,6 +44,9 @@ void bs_service_release(struct bs_service *s, struct bs_chunk_ref *ref);
 /* A transport found a chunk file bad while serving: drop it so the next request refills. */
 void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *req);
 
+/* Fills queued or running. */
+int bs_service_busy(struct bs_service *s);
+
 void bs_service_hello(const struct bs_service *s, struct bs_hello *h);
 
 /* Whether endpoint matches one of the comma-separated patterns and names `account` (as the

@@ -173,6 +173,9 @@ static void *accept_main(void *arg)
         if (!c || pthread_create(&th, &attr, conn_main, c) != 0) {
             bs_log(BS_LOG_WARN, "unixsrv", "event=connection_refused reason=%s",
                    full ? "max_clients" : "no_thread");
+            /* Say so, so the shim reads Azure for now without deeming the agent broken. */
+            bs_proto_send(fd, "{\"v\":1,\"status\":\"busy\"}", -1,
+                          bs_now_ns() + 100 * 1000000ull);
             close(fd);
             free(c);
             if (!full) {
@@ -245,10 +248,10 @@ int bs_unixsrv_active(struct bs_unixsrv *u)
     return n;
 }
 
-void bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms)
+int bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms)
 {
     if (!u)
-        return;
+        return 0;
     /* Stop taking new connections, let requests in progress finish. */
     if (u->acceptor_started) {
         atomic_store(&u->stop, 1);
@@ -260,7 +263,9 @@ void bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms)
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += drain_ms / 1000 + 1;
+    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)drain_ms * 1000000ull;
+    ts.tv_sec += (time_t)(ns / 1000000000ull);
+    ts.tv_nsec = (long)(ns % 1000000000ull);
     pthread_mutex_lock(&u->lock);
     atomic_store(&u->stop, 1);
     while (u->conns > 0)
@@ -272,9 +277,10 @@ void bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms)
         /* Connections stuck in a request past the drain time: leak rather than free under
          * them; the process is exiting. */
         bs_log(BS_LOG_WARN, "unixsrv", "event=drain_timeout connections=%d", left);
-        return;
+        return left;
     }
     pthread_mutex_destroy(&u->lock);
     pthread_cond_destroy(&u->idle);
     free(u);
+    return 0;
 }

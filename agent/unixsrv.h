@@ -15,8 +15,10 @@ struct bs_metrics;
 struct bs_unixsrv *bs_unixsrv_create(const char *path, int max_clients, struct bs_service *svc,
                                      struct bs_metrics *metrics, char *err, size_t errsz);
 /* Stops accepting, lets requests in progress finish for at most drain_ms, then closes every
- * connection and frees. Accepts NULL. */
-void bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms);
+ * connection and frees. Returns the number of connections still inside a request when the
+ * time ran out: then nothing was freed and the caller must not free what they use (the
+ * agent exits). Accepts NULL. */
+int bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms);
 int bs_unixsrv_active(struct bs_unixsrv *u);
 
 #endif

@@ -107,7 +107,9 @@ int bs_cfg_load(const struct bs_cfg_entry *table, size_t n, void *obj, bs_cfg_lo
         if (rc)
             return rc;
         const char *v = lookup ? lookup(e->name, ctx) : NULL;
-        if (v && *v) {
+        /* An empty value sets an empty string (e.g. "no socket"); for a number it means
+         * "unset" and keeps the default. */
+        if (v && (*v || e->type == BS_CFG_STR)) {
             rc = set_one(e, obj, v, err, errsz);
             if (rc)
                 return rc;

@@ -30,8 +30,9 @@ struct bs_cfg_entry {
 /* Returns the raw value for a name, or NULL when unset. */
 typedef const char *(*bs_cfg_lookup_fn)(const char *name, void *ctx);
 
-/* Fills `obj` from defaults then `lookup`. Returns 0, or -EINVAL with a message naming the
- * key, the value and the accepted range in `err`. */
+/* Fills `obj` from defaults then `lookup`. An empty value sets an empty string, and leaves a
+ * number at its default. Returns 0, or -EINVAL with a message naming the key, the value and
+ * the accepted range in `err`. */
 int bs_cfg_load(const struct bs_cfg_entry *table, size_t n, void *obj, bs_cfg_lookup_fn lookup,
                 void *ctx, char *err, size_t errsz);
 

@@ -45,10 +45,12 @@ struct bs_agentclient {
 
 /* One chunk of a read in flight. */
 struct slot {
+    uint64_t grid;                /* the chunk size the request was built on */
     uint64_t chunk, cstart, clen; /* the chunk's place in the blob */
     uint64_t want_lo, want_hi;    /* the part of it the caller wants (blob offsets) */
     int sock;
     int served;
+    int corrupt;
     /* HTTP route */
     struct bs_fetch_req req;
     char *body;
@@ -168,13 +170,14 @@ static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns)
              bs_proto_recv(fd, &msg, &len, &rfd, deadline_ns) == 0 &&
              bs_proto_decode_hello(msg, len, &h, err, sizeof(err)) == 0 &&
              h.chunk_size >= MIN_CHUNK;
+    int busy = !ok && msg && strstr(msg, "\"status\":\"busy\"") != NULL;
     free(hello);
     free(msg);
     if (rfd >= 0)
         close(rfd);
     if (!ok) {
         close(fd);
-        return -1;
+        return busy ? -2 : -1; /* -2: at its connection limit, not broken */
     }
     atomic_store(&c->chunk_size, h.chunk_size);
     atomic_store(&c->block_size, h.block_size);
@@ -198,13 +201,28 @@ static int reply_matches(const struct bs_chunk_reply *r, const struct slot *s, c
                          uint64_t blob_size)
 {
     return (r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) && r->chunk == s->chunk &&
+           r->chunk_size == s->grid && r->chunk * r->chunk_size == s->cstart &&
            r->length == s->clen && r->blob_size == blob_size && strcmp(r->etag, etag) == 0 &&
            r->ncrcs == (r->length + r->block_size - 1) / r->block_size;
 }
 
+static int pread_all(int fd, char *p, uint64_t n, uint64_t at)
+{
+    for (uint64_t got = 0; got < n;) {
+        ssize_t k = pread(fd, p + got, n - got, (off_t)(at + got));
+        if (k <= 0)
+            return -EIO;
+        got += (uint64_t)k;
+    }
+    return 0;
+}
+
 /* Copies the wanted part of a chunk into buf, block by block, each block checked against its
  * CRC before a byte of it counts. Source: descriptor (fd >= 0, chunk data at offset 0) or
- * memory `mem` holding the chunk's bytes from mem_off. Returns 0 or -EBADMSG / -EIO. */
+ * memory `mem` holding the chunk's bytes from mem_off. Whole blocks are read straight into
+ * buf in runs of up to RUN_BYTES (checked while still in cache); the partial blocks at either
+ * end go through a bounce buffer. Returns 0 or -EBADMSG / -EIO / -ENOMEM. */
+#define RUN_BYTES (512u << 10)
 static int copy_verified(const struct bs_chunk_reply *r, const struct slot *s, int fd,
                          const char *mem, uint64_t mem_off, uint64_t mem_len, char *buf,
                          uint64_t off)
@@ -213,37 +231,45 @@ static int copy_verified(const struct bs_chunk_reply *r, const struct slot *s, i
     uint64_t lo = s->want_lo - s->cstart, hi = s->want_hi - s->cstart; /* chunk-relative */
     char *bounce = NULL;
     int rc = 0;
-    for (uint64_t b = lo / bs * bs; b < hi && rc == 0; b += bs) {
+    for (uint64_t b = lo / bs * bs; b < hi && rc == 0;) {
         uint64_t blen = b + bs <= r->length ? bs : r->length - b;
         uint64_t cut_lo = lo > b ? lo : b, cut_hi = hi < b + blen ? hi : b + blen;
         int whole = cut_lo == b && cut_hi == b + blen;
         char *dst = buf + (s->cstart + b - off);
+        if (fd >= 0 && whole) {
+            uint64_t end = b + blen;
+            while (end < hi && end - b < RUN_BYTES) {
+                uint64_t next = end + bs <= r->length ? bs : r->length - end;
+                if (end + next > hi)
+                    break;
+                end += next;
+            }
+            rc = pread_all(fd, dst, end - b, b);
+            for (uint64_t x = b; rc == 0 && x < end; x += bs) {
+                uint64_t xl = end - x < bs ? end - x : bs;
+                if (bs_crc32c(0, dst + (x - b), xl) != r->crcs[x / bs])
+                    rc = -EBADMSG;
+            }
+            b = end;
+            continue;
+        }
         const char *src;
         if (fd >= 0) {
-            char *into = whole ? dst : (bounce ? bounce : (bounce = malloc(bs)));
-            if (!into)
+            if (!bounce && !(bounce = malloc(bs)))
                 return -ENOMEM;
-            uint64_t got = 0;
-            while (got < blen) {
-                ssize_t n = pread(fd, into + got, blen - got, (off_t)(b + got));
-                if (n <= 0) {
-                    rc = -EIO;
-                    break;
-                }
-                got += (uint64_t)n;
-            }
-            src = into;
+            rc = pread_all(fd, bounce, blen, b);
+            src = bounce;
+        } else if (b < mem_off || b + blen > mem_off + mem_len) {
+            rc = -EIO;
+            src = NULL;
         } else {
-            if (b < mem_off || b + blen > mem_off + mem_len) {
-                rc = -EIO;
-                break;
-            }
             src = mem + (b - mem_off);
         }
         if (rc == 0 && bs_crc32c(0, src, blen) != r->crcs[b / bs])
             rc = -EBADMSG;
-        if (rc == 0 && src != dst)
+        if (rc == 0)
             memcpy(buf + (s->cstart + cut_lo - off), src + (cut_lo - b), cut_hi - cut_lo);
+        b += bs;
     }
     free(bounce);
     return rc;
@@ -261,21 +287,28 @@ static void fill_req(struct bs_chunk_req *q, const struct bs_delegation *d, cons
     q->auth = *d;
 }
 
-static void report_corrupt(int sock, const char *req_json, uint64_t deadline_ns)
+/* The same request with op "corrupt": the agent re-checks access, then drops the chunk so
+ * the next reader refills it. Caller frees. */
+static char *corrupt_json(const char *req_json)
 {
-    /* Same request with op "corrupt": the agent re-checks access, then drops the chunk. */
     const char *p = strstr(req_json, "\"op\":\"chunk\"");
     if (!p)
-        return;
-    size_t n = strlen(req_json);
+        return NULL;
+    size_t n = strlen(req_json), head = (size_t)(p - req_json);
     char *j = malloc(n + 4);
     if (!j)
-        return;
-    memcpy(j, req_json, (size_t)(p - req_json));
-    size_t k = (size_t)(p - req_json);
-    k += (size_t)sprintf(j + k, "\"op\":\"corrupt\"");
-    memcpy(j + k, p + 12, n - (size_t)(p - req_json) - 12 + 1);
-    bs_proto_send(sock, j, -1, deadline_ns);
+        return NULL;
+    memcpy(j, req_json, head);
+    memcpy(j + head, "\"op\":\"corrupt\"", 14);
+    memcpy(j + head + 14, p + 12, n - head - 12 + 1);
+    return j;
+}
+
+static void report_corrupt(int sock, const char *req_json, uint64_t deadline_ns)
+{
+    char *j = corrupt_json(req_json);
+    if (j)
+        bs_proto_send(sock, j, -1, deadline_ns);
     free(j);
 }
 
@@ -292,6 +325,10 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         fill_req(q, d, container, blob, etag, sl[i].chunk);
         sl[i].json = bs_proto_encode_req(q);
         sl[i].sock = sl[i].json ? get_conn(c, deadline_ns) : -1;
+        if (sl[i].sock == -2) {
+            sl[i].sock = -1;
+            continue;
+        }
         if (sl[i].sock < 0 || bs_proto_send(sl[i].sock, sl[i].json, -1, deadline_ns) != 0) {
             if (sl[i].sock >= 0)
                 close(sl[i].sock);
@@ -337,6 +374,34 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         sl[i].sock = -1;
     }
     free(r);
+}
+
+/* Tells the agent, over HTTP, about chunks whose blocks did not verify (best effort, 1 s). */
+static void report_corrupt_http(struct bs_agentclient *c, struct slot *sl, size_t n,
+                                struct curl_slist *headers, uint64_t deadline_ns)
+{
+    struct bs_fetch_batch batch;
+    int any = 0;
+    if (bs_fetch_batch_init(&batch) != 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        char *j = sl[i].corrupt ? corrupt_json(sl[i].json) : NULL;
+        if (!j)
+            continue;
+        free(sl[i].json);
+        sl[i].json = j;
+        memset(&sl[i].req, 0, sizeof(sl[i].req));
+        sl[i].req.url = c->url;
+        sl[i].req.headers = headers;
+        sl[i].req.post_body = sl[i].json;
+        bs_fetch_submit(c->fetch, &batch, &sl[i].req);
+        any = 1;
+    }
+    if (any) {
+        uint64_t soon = bs_now_ns() + 1000000000ull;
+        bs_fetch_wait(c->fetch, &batch, soon < deadline_ns ? soon : deadline_ns);
+    }
+    bs_fetch_batch_cleanup(&batch);
 }
 
 static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
@@ -402,9 +467,15 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         if (!reply_matches(r, &sl[i], etag, blob_size) || r->sub_len != f->got ||
             r->block_size != bs || r->sub_off != (sl[i].want_lo - sl[i].cstart) / bs * bs)
             continue;
-        sl[i].served =
-            copy_verified(r, &sl[i], -1, sl[i].body, r->sub_off, r->sub_len, buf, off) == 0;
+        int crc = copy_verified(r, &sl[i], -1, sl[i].body, r->sub_off, r->sub_len, buf, off);
+        sl[i].served = crc == 0;
+        if (crc == -EBADMSG) {
+            bs_log(BS_LOG_WARN, "agentclient", "event=bad_checksum blob=\"%s\" chunk=%llu", blob,
+                   (unsigned long long)sl[i].chunk);
+            sl[i].corrupt = 1;
+        }
     }
+    report_corrupt_http(c, sl, n, headers, deadline_ns);
     if (transport_failed)
         trip(c, wrc ? "agent timed out" : "agent HTTP request failed");
     curl_slist_free_all(headers);
@@ -423,7 +494,8 @@ size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation 
     if (c->is_unix && !cs) {
         int fd = get_conn(c, deadline_ns); /* learns the grid */
         if (fd < 0) {
-            trip(c, "cannot reach the agent");
+            if (fd == -1)
+                trip(c, "cannot reach the agent");
             goto all_missing;
         }
         put_conn(c, fd);
@@ -445,6 +517,7 @@ size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation 
         goto all_missing;
     }
     for (size_t i = 0; i < n; i++) {
+        sl[i].grid = cs;
         sl[i].chunk = first + i;
         sl[i].cstart = sl[i].chunk * cs;
         sl[i].clen = blob_size - sl[i].cstart < cs ? blob_size - sl[i].cstart : cs;
