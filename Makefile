@@ -10,7 +10,7 @@ FUZZ_SECONDS ?= 10
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?= -DBS_WERROR=ON
 
-.PHONY: all setup build build-asan test test-unit test-asan fuzz bench install-shim format clean
+.PHONY: all setup build build-asan test test-unit test-asan fuzz bench demo install-shim format clean
 
 all: build
 
@@ -51,6 +51,11 @@ fuzz:
 
 bench: setup build
 	BUILD=$(abspath $(BUILD)) bench/run.sh
+
+# Azurite, a node agent and a synthetic model on this machine, loaded cold then warm
+# (scripts/demo.sh: DEMO_MODEL_MB, DEMO_KEEP=1).
+demo: setup build
+	BUILD=$(abspath $(BUILD)) scripts/demo.sh
 
 install-shim: build
 	scripts/install-shim.sh --lib $(BUILD)/provider-shim/libblobswarm.so $(if $(PY),--python $(PY))

@@ -2,7 +2,9 @@
  * RTLD_NOW|RTLD_LOCAL, version check, blob_read from a pool of threads) and reads one whole
  * blob with the streamer's safetensors access pattern, timing it and optionally verifying the
  * bytes. It links no blobswarm code: it sees only the library's exported ABI, so what it
- * measures and checks is what the streamer would get. It does not write the blob anywhere. */
+ * measures and checks is what the streamer would get. It does not write the blob anywhere.
+ * With --local-file it loads no library and reads a local file with pread in exactly the same
+ * pattern: the baseline the benchmarks compare a provider against. */
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -15,8 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -41,6 +46,7 @@ enum { EXIT_READ_ERROR = 1, EXIT_USAGE = 2, EXIT_MISMATCH = 3 };
 
 struct options {
     const char *lib;
+    const char *local_file; /* instead of lib: pread this file (baseline) */
     const char *account;
     const char *container;
     const char *blob;
@@ -88,11 +94,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: " PROG " --lib PATH --container C --blob B [options]\n"
+            "       " PROG " --local-file PATH [options]\n"
             "\n"
             "Loads a streamer cache-provider library (dlopen RTLD_NOW|RTLD_LOCAL) and reads one\n"
             "blob through its blob_read() the way the model streamer reads safetensors.\n"
             "\n"
-            "  --lib PATH          the provider library (required)\n"
+            "  --lib PATH          the provider library (required unless --local-file)\n"
+            "  --local-file PATH   baseline: load no library, pread PATH instead, with the same\n"
+            "                      pattern, threads and piece sizes (--container and --blob are\n"
+            "                      then optional; --size defaults to the file's size)\n"
             "  --account A         storage account (default: $AZURE_STORAGE_ACCOUNT_NAME, else\n"
             "                      AccountName in $AZURE_STORAGE_CONNECTION_STRING, else\n"
             "                      " DEFAULT_ACCOUNT ")\n"
@@ -181,6 +191,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *account, s
 {
     enum {
         O_LIB = 256,
+        O_LOCAL,
         O_ACCOUNT,
         O_CONTAINER,
         O_BLOB,
@@ -194,6 +205,7 @@ static int parse_args(int argc, char **argv, struct options *o, char *account, s
     };
     static const struct option longopts[] = {
         {"lib", required_argument, NULL, O_LIB},
+        {"local-file", required_argument, NULL, O_LOCAL},
         {"account", required_argument, NULL, O_ACCOUNT},
         {"container", required_argument, NULL, O_CONTAINER},
         {"blob", required_argument, NULL, O_BLOB},
@@ -215,6 +227,9 @@ static int parse_args(int argc, char **argv, struct options *o, char *account, s
         switch (c) {
         case O_LIB:
             o->lib = optarg;
+            break;
+        case O_LOCAL:
+            o->local_file = optarg;
             break;
         case O_ACCOUNT:
             o->account = optarg;
@@ -272,12 +287,23 @@ static int parse_args(int argc, char **argv, struct options *o, char *account, s
     }
     if (optind < argc)
         return usage_error("unexpected argument '%s'", argv[optind]);
-    if (o->lib == NULL || *o->lib == '\0')
-        return usage_error("%s", "--lib PATH is required");
-    if (o->container == NULL || *o->container == '\0')
-        return usage_error("%s", "--container is required");
-    if (o->blob == NULL || *o->blob == '\0')
-        return usage_error("%s", "--blob is required");
+    if (o->local_file != NULL) {
+        if (*o->local_file == '\0')
+            return usage_error("%s", "--local-file: empty path");
+        if (o->lib != NULL)
+            return usage_error("%s", "--lib and --local-file exclude each other");
+        if (o->container == NULL)
+            o->container = "";
+        if (o->blob == NULL)
+            o->blob = "";
+    } else {
+        if (o->lib == NULL || *o->lib == '\0')
+            return usage_error("%s", "--lib PATH is required");
+        if (o->container == NULL || *o->container == '\0')
+            return usage_error("%s", "--container is required");
+        if (o->blob == NULL || *o->blob == '\0')
+            return usage_error("%s", "--blob is required");
+    }
 
     if (!o->have_size) {
         const char *env = getenv("BLOBSWARM_READ_SIZE");
@@ -341,6 +367,50 @@ static int provider_load(struct provider *p, const char *path, char *msg, size_t
         return -1;
     }
     *(void **)&p->shutdown = dlsym(p->handle, "shutdown");
+    return 0;
+}
+
+/* The --local-file "provider": the file opened by local_open. blob_read has no context
+ * argument, so the descriptor is process-wide; it is set before any reader thread starts. */
+static int g_local_fd = -1;
+
+/* blob_read's contract over pread of g_local_fd: exactly `length` bytes or -1 with a message
+ * (a short file is an error, as a range past a blob's end is). */
+static ssize_t local_blob_read(const char *account, const char *container, const char *blob,
+                               void *buf, size_t offset, size_t length, char *error_buf,
+                               size_t error_buf_size)
+{
+    (void)account;
+    (void)container;
+    (void)blob;
+    size_t got = 0;
+    while (got < length) {
+        ssize_t n = pread(g_local_fd, (char *)buf + got, length - got, (off_t)(offset + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            snprintf(error_buf, error_buf_size, "pread at %zu: %s", offset + got,
+                     n < 0 ? strerror(errno) : "end of file");
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    return (ssize_t)length;
+}
+
+/* Opens the --local-file baseline as a provider; its size goes to *size. Returns 0, or -1
+ * with a message. */
+static int local_open(struct provider *p, const char *path, uint64_t *size, char *msg,
+                      size_t msg_size)
+{
+    struct stat st;
+    *p = (struct provider){.blob_read = local_blob_read};
+    g_local_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (g_local_fd < 0 || fstat(g_local_fd, &st) != 0) {
+        snprintf(msg, msg_size, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    *size = (uint64_t)st.st_size;
     return 0;
 }
 
@@ -646,13 +716,16 @@ int main(int argc, char **argv)
     if (rc != 0)
         return rc < 0 ? 0 : rc; /* -1: --help was printed */
 
-    if (provider_load(&p, o.lib, msg, sizeof msg) != 0) {
+    uint64_t size = o.size, file_size = 0;
+    if (o.local_file != NULL ? local_open(&p, o.local_file, &file_size, msg, sizeof msg) != 0
+                             : provider_load(&p, o.lib, msg, sizeof msg) != 0) {
         fprintf(stderr, PROG ": %s\n", msg);
         return EXIT_READ_ERROR; /* the streamer never dlcloses; neither do we */
     }
 
-    uint64_t size = o.size;
-    if (!o.have_size) {
+    if (!o.have_size && o.local_file != NULL) {
+        size = file_size;
+    } else if (!o.have_size) {
         unsigned calls;
         if (probe_size(&p, &o, &size, &calls, msg, sizeof msg) != 0) {
             fprintf(stderr, PROG ": size probe failed: %s\n", msg);
@@ -678,5 +751,7 @@ int main(int argc, char **argv)
 out_shutdown:
     if (p.shutdown != NULL)
         p.shutdown();
+    if (g_local_fd >= 0)
+        close(g_local_fd);
     return rc;
 }
