@@ -21,7 +21,7 @@
 
 #define DROPPED "blobswarm_metrics_dropped_series_total"
 #define DROPPED_HEADER                                                                             \
-    "# HELP blobswarm_metrics_dropped_series_total Metric updates dropped because their family "          \
+    "# HELP blobswarm_metrics_dropped_series_total Metric updates dropped because their family "   \
     "already had its maximum number of series or their label values did not match the "            \
     "family's label names.\n"                                                                      \
     "# TYPE blobswarm_metrics_dropped_series_total counter\n"
