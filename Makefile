@@ -10,7 +10,7 @@ FUZZ_SECONDS ?= 10
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?= -DBS_WERROR=ON
 
-.PHONY: all setup build build-asan test test-unit test-asan fuzz bench demo install-shim format clean
+.PHONY: all setup build build-asan test test-unit test-asan fuzz bench demo install-shim format format-check clean
 
 all: build
 
@@ -25,7 +25,7 @@ build-asan:
 	cmake -S . -B $(BUILD_ASAN) $(CMAKE_ARGS) -DBS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 
-test: setup build build-asan
+test: setup format-check build build-asan
 	ctest --test-dir $(BUILD) --output-on-failure --timeout 900
 	$(MAKE) --no-print-directory test-asan
 	$(MAKE) --no-print-directory fuzz
@@ -62,6 +62,9 @@ install-shim: build
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)

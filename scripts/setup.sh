@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
-  build-essential cmake pkg-config clang libclang-rt-14-dev
+  build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libhiredis-dev libcmocka-dev
   redis-server curl openssl iproute2 procps prometheus
 )
