@@ -7,14 +7,18 @@
 #   cpu    reader + agent CPU seconds per GiB served warm (pread baseline for reference)
 #   rss    agent VmHWM/VmRSS under 200 concurrent small reads, cold and warm
 #   sweep  the agent's chunk grid (4M..32M) against 8 MiB and 32 MiB streamer reads
+#   cold_shaped  cold vs direct again, Azurite in a network namespace behind a tc-shaped veth
+#          link (as direct.sh's "shaped" link): agent fills and direct reads cross the link
 # Everything it starts or creates is torn down on exit. See bench/README.md.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH_NAME=agent
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
 
-# ---- knobs (environment) ---------------------------------------------------------------
-BUILD="${BUILD:-$ROOT/build}"
-SIZE="${BENCH_SIZE:-1073741824}"           # blob size in bytes
+# ---- knobs (environment; BUILD, SIZE, STEP_TIMEOUT, KEEP, SHIM_LIB, READER: lib.sh) -----
 RUNS="${BENCH_RUNS:-3}"                    # rounds (median taken) for cold, sweep and rss
 WARM_RUNS="${BENCH_WARM_RUNS:-5}"          # rounds for warm vs pread (cheap, noisier)
 THREADS="${BENCH_PARALLEL:-8}"             # blobswarm-read threads (the streamer's default)
@@ -23,31 +27,16 @@ CHUNKS="${BENCH_CHUNKS:-4M 8M 16M 32M}"    # agent grids swept (BLOBSWARM_CHUNK_
 DEFAULT_CHUNK="${BENCH_DEFAULT_CHUNK:-8M}" # the agent's default grid: warm/cold/cpu/rss use it
 MANY_THREADS="${BENCH_MANY_THREADS:-200}"  # concurrent reads for the rss section
 MANY_PIECE="${BENCH_MANY_PIECE:-1048576}"  # their blob_read bytes
-SECTIONS="${BENCH_SECTIONS:-warm sweep rss}" # sweep includes cold; warm includes cpu
-STEP_TIMEOUT="${BENCH_STEP_TIMEOUT:-600}"  # seconds, any one step
-KEEP="${BENCH_KEEP:-0}"                    # 1: keep the work directory
-SHIM_LIB="${BENCH_SHIM_LIB:-$BUILD/provider-shim/libblobswarm.so}"
-READER="${BENCH_READER:-$BUILD/tools/blobswarm-read}"
+SECTIONS="${BENCH_SECTIONS:-warm sweep rss cold_shaped}" # sweep includes cold; warm includes cpu
 AGENT="${BENCH_AGENT:-$BUILD/agent/blobswarm-agent}"
 
-ACCOUNT=devstoreaccount1
-# Azurite's well-known development key (public, documented by Microsoft).
-KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
-CONTAINER=bench
-BLOB=big.bin
-HEADER_JSON_BYTES=1234                     # safetensors JSON header: tensor data starts unaligned
-AZURITE="$ROOT/node_modules/.bin/azurite-blob"
-MAX_SECONDS=7200                           # Azurite and agents die by themselves even if we are SIGKILLed
-GIB=1073741824
+AZURITE_STORE_ARGS=(--inMemoryPersistence)
+shaped_knobs bsagent 10.77.1 bsa # cold_shaped: namespace bsagent, 10.77.1.2 behind bsa0/bsa1
 
-log() { printf '[agent %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 for v in SIZE RUNS WARM_RUNS THREADS MANY_THREADS MANY_PIECE STEP_TIMEOUT; do
   is_uint "${!v}" || die "$v='${!v}' is not an unsigned integer"
 done
-{ [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ]; } || die "BENCH_RUNS must be 1..20"
+check_size_runs
 { [ "$WARM_RUNS" -ge 1 ] && [ "$WARM_RUNS" -le 50 ]; } || die "BENCH_WARM_RUNS must be 1..50"
 { [ "$THREADS" -ge 1 ] && [ "$THREADS" -le 1024 ]; } || die "BENCH_PARALLEL must be 1..1024"
 { [ "$MANY_THREADS" -ge 1 ] && [ "$MANY_THREADS" -le 1024 ]; } ||
@@ -56,67 +45,18 @@ for p in $PIECES; do { is_uint "$p" && [ "$p" -ge 1 ]; } || die "BENCH_PIECES: '
 for c in $CHUNKS $DEFAULT_CHUNK; do
   [[ "$c" =~ ^[0-9]+[KMG]?$ ]] || die "BENCH_CHUNKS: '$c' is not a size (e.g. 8M)"
 done
-[ "$SIZE" -gt $((8 + HEADER_JSON_BYTES)) ] || die "BENCH_SIZE is too small"
-[ "$SIZE" -ge "$GIB" ] || log "note: BENCH_SIZE=$SIZE is below 1 GiB (a smoke run)"
 for s in $SECTIONS; do
-  case "$s" in warm | sweep | rss) ;; *) die "unknown section '$s' (warm, sweep, rss)" ;; esac
+  case "$s" in
+    warm | sweep | rss) ;;
+    cold_shaped) preflight_namespace ;;
+    *) die "unknown section '$s' (warm, sweep, rss, cold_shaped)" ;;
+  esac
 done
 
-# Clients reach Azurite and the agent directly, never through a proxy from the environment.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
-
-# ---- lifetime ---------------------------------------------------------------------------
-WORK=""
-AZ_PID=""
+# ---- lifetime (see lib.sh for the rest) ------------------------------------------------
 AG_TPID="" # the timeout wrapping the agent
 AG_PID=""  # the agent itself (for /proc)
-cleanup() {
-  set +e
-  stop_agent
-  stop_pid "$AZ_PID"
-  AZ_PID=""
-  if [ -n "$WORK" ] && [ "$KEEP" != 1 ]; then
-    rm -rf "$WORK"
-  elif [ -n "$WORK" ]; then
-    log "kept $WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# stop_pid PID: SIGTERM (timeout forwards it to its child), SIGKILL after 10 s.
-stop_pid() {
-  local pid="$1"
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-
-start_azurite() {
-  local alog="$WORK/azurite.log"
-  : >"$alog"
-  timeout -k 5 "$MAX_SECONDS" "$AZURITE" --blobHost 127.0.0.1 --blobPort 0 \
-    --inMemoryPersistence --silent --disableTelemetry \
-    --skipApiVersionCheck >"$alog" 2>&1 &
-  AZ_PID=$!
-  AZ_PORT=""
-  for _ in $(seq 1 300); do
-    AZ_PORT="$(sed -n 's#.*successfully listens on http://[^ ]*:\([0-9][0-9]*\).*#\1#p' "$alog")"
-    [ -n "$AZ_PORT" ] && break
-    kill -0 "$AZ_PID" 2>/dev/null || die "Azurite exited: $(cat "$alog")"
-    sleep 0.1
-  done
-  [ -n "$AZ_PORT" ] || die "Azurite did not report a port within 30 s: $(cat "$alog")"
-  log "Azurite listening on 127.0.0.1:$AZ_PORT (pid $AZ_PID)"
-}
+cleanup_hook() { stop_agent; }
 
 # start_agent CHUNK STORE_DIR: an agent with grid CHUNK over STORE_DIR (kept as it is: empty
 # for a cold store, filled for a warm one). Sets AG_TPID, AG_PID, AG_PORT.
@@ -127,7 +67,7 @@ start_agent() {
   BLOBSWARM_LOG_LEVEL=warn timeout -k 5 "$MAX_SECONDS" "$AGENT" \
     --agent-socket="$WORK/agent.sock" --agent-listen=127.0.0.1:0 \
     --agent-port-file="$WORK/agent.port" --store-dir="$store" --store-budget=4G \
-    --allowed-endpoints="http://127.0.0.1:*/$ACCOUNT" --chunk-bytes="$chunk" --drain-ms=0 \
+    --allowed-endpoints="http://$AZ_HOST:*/$ACCOUNT" --chunk-bytes="$chunk" --drain-ms=0 \
     >>"$alog" 2>&1 &
   AG_TPID=$!
   AG_PID=""
@@ -181,39 +121,7 @@ served() { # "hit filled miss" chunk request counts so far
     "$(metric 'blobswarm_agent_chunk_requests_total{status="miss"}')"
 }
 
-conn_string() {
-  printf 'DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=http://127.0.0.1:%s/%s;' \
-    "$ACCOUNT" "$KEY" "$AZ_PORT" "$ACCOUNT"
-}
-
-# ---- the blob ----------------------------------------------------------------------------
-# Safetensors-shaped, as in direct.sh: u64 LE header length, a JSON header padded with
-# spaces, then the body, so reads follow the streamer's pattern (8 bytes, header, unaligned).
-make_blob() {
-  local f="$1" body=$((SIZE - 8 - HEADER_JSON_BYTES)) json le="" i gen
-  json="$(printf '{"__metadata__":{"format":"pt","source":"blobswarm bench"},"data":{"dtype":"U8","shape":[%d],"data_offsets":[0,%d]}}' "$body" "$body")"
-  [ "${#json}" -le "$HEADER_JSON_BYTES" ] || die "header JSON longer than $HEADER_JSON_BYTES"
-  for i in 0 1 2 3 4 5 6 7; do
-    le+="$(printf '\\x%02x' $(((HEADER_JSON_BYTES >> (8 * i)) & 255)))"
-  done
-  {
-    printf '%b' "$le"
-    printf '%-*s' "$HEADER_JSON_BYTES" "$json"
-  } >"$f"
-  gen="$BUILD/tests/bs-gendata"
-  if [ -x "$gen" ] && timeout "$STEP_TIMEOUT" "$gen" --seed 11 --size "$body" >>"$f" 2>/dev/null &&
-    [ "$(stat -c %s "$f")" -eq "$SIZE" ]; then
-    log "blob body from $gen --seed 11"
-  else
-    truncate -s $((8 + HEADER_JSON_BYTES)) "$f"
-    head -c "$body" /dev/urandom >>"$f"
-    log "blob body from /dev/urandom"
-  fi
-  [ "$(stat -c %s "$f")" -eq "$SIZE" ] || die "generated blob has the wrong size"
-}
-
 # ---- one read ----------------------------------------------------------------------------
-median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print v[(NR+1)/2]; else printf "%.2f\n", (v[NR/2]+v[NR/2+1])/2}'; }
 per_gib() { awk -v c="$1" -v s="$SIZE" -v g="$GIB" 'BEGIN {printf "%.2f\n", c / (s / g)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f\n", a / b; else print "null"}'; }
 
@@ -416,33 +324,89 @@ section_rss() {
   done
 }
 
+# cold_shaped: the cold comparison of the sweep (direct, then a fresh agent over an empty
+# store, grid DEFAULT_CHUNK, every piece size, RUNS rounds, verified) with Azurite moved into
+# the namespace behind the shaped veth link; the agent and the reader stay in the root
+# namespace, so the agent's fills and the shim's direct reads both cross the link.
+section_cold_shaped() {
+  local r piece s0 s1 d c k
+  declare -A CS=()
+  stop_agent
+  stop_azurite # in memory: the blob is uploaded again, over the shaped link
+  setup_namespace
+  serve_blob "$NET.2" ip netns exec "$NS"
+  log "cold_shaped: grid $DEFAULT_CHUNK, pieces ($PIECES), $RUNS rounds, Azurite on $NET.2 ($LINK_DESC); load $(loadavg)"
+  for ((r = 1; r <= RUNS; r++)); do
+    for piece in $PIECES; do
+      stop_agent
+      read_once direct "$THREADS" "$piece" 1
+      d="$R_MIBS"
+      fresh_agent "$DEFAULT_CHUNK"
+      s0="$(served)"
+      read_once agent "$THREADS" "$piece" 1
+      c="$R_MIBS"
+      s1="$(served)"
+      CS[direct_$piece]+="$d "
+      CS[cold_$piece]+="$c "
+      CS[ratio_$piece]+="$(ratio "$c" "$d") "
+      CS[miss_$piece]+="$(($(cut -d' ' -f3 <<<"$s1") - $(cut -d' ' -f3 <<<"$s0"))) "
+      log "cold_shaped round $r piece $piece: direct $d, cold $c MiB/s (agent hit/filled/miss: $s1); load $(loadavg)"
+    done
+  done
+  stop_agent
+  stop_azurite
+  teardown_namespace
+  for piece in $PIECES; do
+    for k in direct cold ratio miss; do
+      MED[cs_${k}_$piece]="$(tr ' ' '\n' <<<"${CS[${k}_$piece]}" | grep . | median)"
+    done
+    printf 'RESULT {"bench":"agent","case":"cold_shaped","link":"%s","rate":"%s","rate_mib_per_s":%s,"agent_chunk":"%s","piece_bytes":%d,"threads":%d,"bytes":%d,"runs":%d,"direct_mib_per_s":%s,"agent_mib_per_s":%s,"ratio":%s,"cold_miss_requests":%s,"goal":0.9,"load":"%s"}\n' \
+      "$LINK_DESC" "$RATE" "$(rate_mibs "$RATE")" "$DEFAULT_CHUNK" "$piece" "$THREADS" "$SIZE" \
+      "$RUNS" "${MED[cs_direct_$piece]}" "${MED[cs_cold_$piece]}" "${MED[cs_ratio_$piece]}" \
+      "${MED[cs_miss_$piece]}" "$(loadavg)"
+  done
+}
+
+# rate_mibs RATE: a tc rate (bit, kbit, mbit, gbit, tbit; or bps, kbps, mbps, gbps) in MiB/s,
+# null for anything else.
+rate_mibs() {
+  awk -v r="$1" 'BEGIN {
+    if (!match(r, /^[0-9.]+/)) { print "null"; exit }
+    n = substr(r, 1, RLENGTH); u = tolower(substr(r, RLENGTH + 1))
+    m["bit"] = 1; m["kbit"] = 1e3; m["mbit"] = 1e6; m["gbit"] = 1e9; m["tbit"] = 1e12
+    m["bps"] = 8; m["kbps"] = 8e3; m["mbps"] = 8e6; m["gbps"] = 8e9
+    if (!(u in m)) { print "null"; exit }
+    printf "%.1f\n", n * m[u] / 8 / 1048576 }'
+}
+
+# serve_blob HOST [command prefix...]: Azurite on HOST (run under the prefix) holding the
+# blob in the private container; sets CONN for the readers.
+serve_blob() {
+  start_azurite "$@"
+  upload_blob "$WORK/blob.bin" --single-shot
+  CONN="$(conn_string "$AZ_HOST" "$AZ_PORT")"
+}
+
 # ---- main --------------------------------------------------------------------------------
-command -v curl >/dev/null || die "needs curl"
-command -v node >/dev/null || die "needs node"
+need_tools
 [ -x /usr/bin/time ] || die "needs /usr/bin/time (Debian package 'time')"
 for f in "$SHIM_LIB" "$READER" "$AGENT"; do [ -e "$f" ] || die "$f is not built"; done
-if [ ! -x "$AZURITE" ]; then
-  log "node_modules missing: npm ci"
-  (cd "$ROOT" && timeout "$STEP_TIMEOUT" npm ci --no-audit --no-fund --loglevel=error)
-fi
+need_azurite
 HZ="$(getconf CLK_TCK)"
 T0="$(date +%s)"
 
 WORK="$(mktemp -d /tmp/bsagent.XXXXXX)"
 
 log "generating a $SIZE-byte blob; load $(loadavg)"
-make_blob "$WORK/blob.bin" # kept: the pread baseline reads it
+make_blob "$WORK/blob.bin" 11 "$BUILD/tests/bs-gendata" # kept: the pread baseline reads it
 SHA="$(sha256sum "$WORK/blob.bin" | cut -d' ' -f1)"
 
-start_azurite
-CONN="$(conn_string)"
-log "uploading to $CONTAINER/$BLOB"
-timeout "$STEP_TIMEOUT" node "$ROOT/tests/tools/azfixture.mjs" container --conn "$CONN" \
-  --container "$CONTAINER"
-timeout "$STEP_TIMEOUT" node "$ROOT/tests/tools/azfixture.mjs" upload --conn "$CONN" \
-  --container "$CONTAINER" --blob "$BLOB" --file "$WORK/blob.bin" --single-shot >/dev/null
+serve_blob 127.0.0.1
 
 for s in $SECTIONS; do
+  if [ "$s" != cold_shaped ] && [ -z "$AZ_PID" ]; then
+    serve_blob 127.0.0.1 # back on loopback after cold_shaped
+  fi
   "section_$s"
 done
 
@@ -498,5 +462,15 @@ if [[ " $SECTIONS " == *" rss "* ]]; then
   printf '%-6s %10s %12s %11s %12s\n' store VmHWM max-VmRSS max-threads reader-MiB/s
   for m in cold warm; do
     printf '%-6s %10s %12s %11s %12s\n' "$m" "${MED[rss_hwm_$m]}" "${MED[rss_max_$m]}" "${MED[rss_thr_$m]}" "${MED[rss_mibs_$m]}"
+  done
+fi
+if [[ " $SECTIONS " == *" cold_shaped "* ]]; then
+  printf '\n6. cold through the agent (grid %s, empty store) vs the shim reading Azurite directly over a\n' "$DEFAULT_CHUNK"
+  printf '   shaped link (%s, %s MiB/s; Azurite in namespace %s), MiB/s (goal >= 0.9)\n' \
+    "$LINK_DESC" "$(rate_mibs "$RATE")" "$NS"
+  printf '%-10s %10s %10s %8s %5s\n' piece direct agent ratio miss
+  for p in $PIECES; do
+    printf '%-10s %10s %10s %8s %5s\n' "$(mib "$p")" "${MED[cs_direct_$p]}" "${MED[cs_cold_$p]}" \
+      "${MED[cs_ratio_$p]}" "${MED[cs_miss_$p]}"
   done
 fi

@@ -7,147 +7,32 @@
 # It prints the median MiB/s of each client and the ratio shim/curl per link. Until the shim
 # and blobswarm-read are built it measures curl alone. Everything it starts or creates is
 # torn down on exit. See bench/README.md for the knobs and how to read the numbers.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH_NAME=direct
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
 
-# ---- knobs (environment) ---------------------------------------------------------------
-BUILD="${BUILD:-$ROOT/build}"
-SIZE="${BENCH_SIZE:-1073741824}"           # blob size in bytes
+# ---- knobs (environment; BUILD, SIZE, STEP_TIMEOUT, KEEP, SHIM_LIB, READER: lib.sh) -----
 RUNS="${BENCH_RUNS:-3}"                    # runs per client per link (median taken)
 PARALLEL="${BENCH_PARALLEL:-8}"            # curl transfers in flight = blobswarm-read threads
 CHUNK="${BENCH_CHUNK:-8388608}"            # curl range size = blob_read size
 LINKS="${BENCH_LINKS:-loopback shaped}"
-RATE="${BENCH_RATE:-2gbit}"                # shaped link rate, both directions
-DELAY_MS="${BENCH_DELAY_MS:-2}"            # shaped link one-way delay (needs sch_netem)
-NS="${BENCH_NS:-bsbench}"
-NET="${BENCH_NET:-10.77.0}"                # /30: .1 root side, .2 inside the namespace
 SHIM_AUTH="${BENCH_SHIM_AUTH:-anonymous}"  # anonymous (public container, like curl) | connstr
-STEP_TIMEOUT="${BENCH_STEP_TIMEOUT:-600}"  # seconds, any one step
-KEEP="${BENCH_KEEP:-0}"                    # 1: keep the work directory
-SHIM_LIB="${BENCH_SHIM_LIB:-$BUILD/provider-shim/libblobswarm.so}"
-READER="${BENCH_READER:-$BUILD/tools/blobswarm-read}"
 
-ACCOUNT=devstoreaccount1
-# Azurite's well-known development key (public, documented by Microsoft).
-KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
-CONTAINER=bench
-BLOB=big.bin
-HEADER_JSON_BYTES=1234                     # safetensors JSON header: tensor data starts unaligned
-VETH_HOST=bsb0
-VETH_NS=bsb1
-AZURITE="$ROOT/node_modules/.bin/azurite-blob"
-AZURITE_MAX_SECONDS=7200                   # Azurite dies by itself even if we are SIGKILLed
+shaped_knobs bsbench 10.77.0 bsb # namespace bsbench, 10.77.0.2 behind bsb0/bsb1
 
-log() { printf '[direct %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-for v in SIZE RUNS PARALLEL CHUNK DELAY_MS STEP_TIMEOUT; do
+for v in SIZE RUNS PARALLEL CHUNK STEP_TIMEOUT; do
   is_uint "${!v}" || die "BENCH_$v='${!v}' is not an unsigned integer"
 done
-{ [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ]; } || die "BENCH_RUNS must be 1..20"
+check_size_runs
 { [ "$PARALLEL" -ge 1 ] && [ "$PARALLEL" -le 256 ]; } || die "BENCH_PARALLEL must be 1..256"
 [ "$CHUNK" -ge 1 ] || die "BENCH_CHUNK must be > 0"
-[ "$SIZE" -gt $((8 + HEADER_JSON_BYTES)) ] || die "BENCH_SIZE is too small"
-[ "$SIZE" -ge 1073741824 ] || log "note: BENCH_SIZE=$SIZE is below 1 GiB (a smoke run)"
-# The namespace's addresses are the project's own test hosts: private ranges only.
-[[ "$NET" =~ ^(10\.[0-9]{1,3}\.[0-9]{1,3}|192\.168\.[0-9]{1,3})$ ]] ||
-  die "BENCH_NET must be the first three octets of a 10.x or 192.168.x /30"
 case "$SHIM_AUTH" in anonymous|connstr) ;; *) die "BENCH_SHIM_AUTH must be anonymous or connstr" ;; esac
 
-# Clients must reach Azurite directly, never through a proxy from the environment.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
-
-# ---- lifetime ---------------------------------------------------------------------------
-WORK=""
-AZ_PID=""
-NS_CREATED=0
-cleanup() {
-  set +e
-  stop_azurite
-  if [ "$NS_CREATED" -eq 1 ]; then
-    ip link del "$VETH_HOST" 2>/dev/null
-    ip netns del "$NS" 2>/dev/null
-  fi
-  if [ -n "$WORK" ] && [ "$KEEP" != 1 ]; then
-    rm -rf "$WORK"
-  elif [ -n "$WORK" ]; then
-    log "kept $WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-stop_azurite() {
-  [ -n "$AZ_PID" ] || return 0
-  kill "$AZ_PID" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    kill -0 "$AZ_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$AZ_PID" 2>/dev/null || true
-  wait "$AZ_PID" 2>/dev/null || true
-  AZ_PID=""
-}
-
-# start_azurite HOST [command prefix...]: starts Azurite on HOST with a free port over the
-# shared data directory; sets AZ_PID and AZ_PORT.
-start_azurite() {
-  local host="$1"
-  shift
-  local alog="$WORK/azurite.log"
-  : >"$alog"
-  "$@" timeout -k 5 "$AZURITE_MAX_SECONDS" "$AZURITE" --blobHost "$host" --blobPort 0 \
-    --location "$WORK/azurite" --silent --disableTelemetry --skipApiVersionCheck \
-    >"$alog" 2>&1 &
-  AZ_PID=$!
-  AZ_PORT=""
-  for _ in $(seq 1 300); do
-    AZ_PORT="$(sed -n 's#.*successfully listens on http://[^ ]*:\([0-9][0-9]*\).*#\1#p' "$alog")"
-    [ -n "$AZ_PORT" ] && break
-    kill -0 "$AZ_PID" 2>/dev/null || die "Azurite exited: $(cat "$alog")"
-    sleep 0.1
-  done
-  [ -n "$AZ_PORT" ] || die "Azurite did not report a port within 30 s: $(cat "$alog")"
-  log "Azurite listening on $host:$AZ_PORT (pid $AZ_PID)"
-}
-
-conn_string() { # HOST PORT
-  printf 'DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=http://%s:%s/%s;' \
-    "$ACCOUNT" "$KEY" "$1" "$2" "$ACCOUNT"
-}
-
-# ---- the blob ----------------------------------------------------------------------------
-# Safetensors-shaped: u64 LE header length, a JSON header padded with spaces, then the body,
-# so the shim sees the streamer's pattern (8 bytes, the header, then unaligned chunks).
-make_blob() {
-  local f="$1" body=$((SIZE - 8 - HEADER_JSON_BYTES)) json le="" i gen
-  json="$(printf '{"__metadata__":{"format":"pt","source":"blobswarm bench"},"data":{"dtype":"U8","shape":[%d],"data_offsets":[0,%d]}}' "$body" "$body")"
-  [ "${#json}" -le "$HEADER_JSON_BYTES" ] || die "header JSON longer than $HEADER_JSON_BYTES"
-  for i in 0 1 2 3 4 5 6 7; do
-    le+="$(printf '\\x%02x' $(((HEADER_JSON_BYTES >> (8 * i)) & 255)))"
-  done
-  {
-    printf '%b' "$le"
-    printf '%-*s' "$HEADER_JSON_BYTES" "$json"
-  } >"$f"
-  gen="$(find "$BUILD" -name bs-gendata -type f -perm -u+x 2>/dev/null | head -n 1 || true)"
-  if [ -n "$gen" ] && timeout "$STEP_TIMEOUT" "$gen" --seed 7 --size "$body" >>"$f" 2>/dev/null &&
-    [ "$(stat -c %s "$f")" -eq "$SIZE" ]; then
-    log "blob body from $gen --seed 7"
-  else
-    truncate -s $((8 + HEADER_JSON_BYTES)) "$f"
-    head -c "$body" /dev/urandom >>"$f"
-    log "blob body from /dev/urandom"
-  fi
-  [ "$(stat -c %s "$f")" -eq "$SIZE" ] || die "generated blob has the wrong size"
-}
-
 # ---- clients -----------------------------------------------------------------------------
-median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print v[(NR+1)/2]; else printf "%.2f\n", (v[NR/2]+v[NR/2+1])/2}'; }
-
 # curl_once URL: ranged GETs of CHUNK bytes over the whole blob, PARALLEL at a time, to /dev/null;
 # prints MiB/s. Every range must come back 206 with exactly its bytes.
 curl_once() {
@@ -227,62 +112,9 @@ bench_link() {
     "$([ "$sm" = - ] && echo null || echo "$sm")" "$([ "$ratio" = - ] && echo null || echo "$ratio")"
 }
 
-# ---- the shaped link ---------------------------------------------------------------------
-# shape_dev DEV [ip netns exec NS]: HTB at RATE, with a netem leaf for DELAY_MS when the
-# kernel has it. Sets SHAPE_DELAY to what was applied.
-shape_dev() {
-  local dev="$1"
-  shift
-  "$@" tc qdisc add dev "$dev" root handle 1: htb default 10
-  "$@" tc class add dev "$dev" parent 1: classid 1:10 htb rate "$RATE" ceil "$RATE" \
-    burst 256k cburst 256k quantum 60000
-  SHAPE_DELAY="no delay"
-  if [ "$DELAY_MS" -gt 0 ]; then
-    if "$@" tc qdisc add dev "$dev" parent 1:10 handle 10: netem delay "${DELAY_MS}ms" \
-      limit 100000 2>/dev/null; then
-      SHAPE_DELAY="+${DELAY_MS}ms"
-    else
-      SHAPE_DELAY="no delay (no netem)"
-    fi
-  fi
-}
-
-# Checked before any work, and again right before the namespace is made.
-preflight_namespace() {
-  [ "$(id -u)" -eq 0 ] || die "the shaped link needs root (network namespace, tc)"
-  { command -v ip >/dev/null && command -v tc >/dev/null; } || die "needs ip and tc (iproute2)"
-  ! ip netns list | grep -qw "$NS" ||
-    die "network namespace $NS exists (left by an earlier run?): 'ip netns del $NS' or set BENCH_NS"
-  ! ip link show "$VETH_HOST" >/dev/null 2>&1 ||
-    die "interface $VETH_HOST exists (left by an earlier run?): 'ip link del $VETH_HOST'"
-}
-
-setup_namespace() {
-  preflight_namespace
-  ip netns add "$NS"
-  NS_CREATED=1
-  ip link add "$VETH_HOST" type veth peer name "$VETH_NS" netns "$NS"
-  ip addr add "$NET.1/30" dev "$VETH_HOST"
-  ip link set "$VETH_HOST" up
-  ip netns exec "$NS" ip addr add "$NET.2/30" dev "$VETH_NS"
-  ip netns exec "$NS" ip link set "$VETH_NS" up
-  ip netns exec "$NS" ip link set lo up
-  shape_dev "$VETH_NS" ip netns exec "$NS" # server -> client: the data
-  shape_dev "$VETH_HOST"                   # client -> server: requests and ACKs
-  if [ "$DELAY_MS" -gt 0 ] && [ "$SHAPE_DELAY" != "+${DELAY_MS}ms" ]; then
-    log "warning: this kernel has no sch_netem: the shaped link has rate $RATE but no added delay"
-  fi
-  LINK_DESC="$RATE, $SHAPE_DELAY"
-  log "namespace $NS: $NET.2 behind $VETH_HOST ($LINK_DESC each way)"
-}
-
 # ---- main --------------------------------------------------------------------------------
-command -v curl >/dev/null || die "needs curl"
-command -v node >/dev/null || die "needs node"
-if [ ! -x "$AZURITE" ]; then
-  log "node_modules missing: npm ci"
-  (cd "$ROOT" && timeout "$STEP_TIMEOUT" npm ci --no-audit --no-fund --loglevel=error)
-fi
+need_tools
+need_azurite
 for link in $LINKS; do
   case "$link" in
     loopback) ;;
@@ -301,16 +133,12 @@ fi
 WORK="$(mktemp -d /tmp/bsbench.XXXXXX)"
 mkdir -p "$WORK/azurite"
 log "generating a $SIZE-byte blob"
-make_blob "$WORK/blob.bin"
+make_blob "$WORK/blob.bin" 7 "$(find "$BUILD" -name bs-gendata -type f -perm -u+x 2>/dev/null | head -n 1 || true)"
 SHA="$(sha256sum "$WORK/blob.bin" | cut -d' ' -f1)"
 
+AZURITE_STORE_ARGS=(--location "$WORK/azurite")
 start_azurite 127.0.0.1
-CONN="$(conn_string 127.0.0.1 "$AZ_PORT")"
-log "uploading to $CONTAINER/$BLOB"
-timeout "$STEP_TIMEOUT" node "$ROOT/tests/tools/azfixture.mjs" container --conn "$CONN" \
-  --container "$CONTAINER" --public
-timeout "$STEP_TIMEOUT" node "$ROOT/tests/tools/azfixture.mjs" upload --conn "$CONN" \
-  --container "$CONTAINER" --blob "$BLOB" --file "$WORK/blob.bin" >/dev/null
+upload_blob "$WORK/blob.bin" --public
 rm -f "$WORK/blob.bin" # Azurite has its own copy
 
 for link in $LINKS; do
