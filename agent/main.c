@@ -254,7 +254,7 @@ int main(int argc, char **argv)
     struct bs_metrics *metrics = bs_metrics_create();
     struct bs_store *store = NULL;
     struct bs_fetch *fetch = NULL;
-    struct bs_blobreader *reader = NULL;
+    struct bs_blobreader *reader = NULL, *check_reader = NULL;
     struct bs_service *svc = NULL;
     struct bs_unixsrv *usrv = NULL;
     struct bs_httpsrv *hsrv = NULL;
@@ -297,7 +297,12 @@ int main(int argc, char **argv)
         .props_max_entries = 1,
     };
     reader = fetch ? bs_blobreader_create(&ro, fetch) : NULL;
-    if (!reader) {
+    /* Access checks answer a waiting request: one retry, within the fill wait. */
+    struct bs_blobreader_opts co = ro;
+    co.deadline_ms = cfg.fill_wait_ms;
+    co.max_retries = 1;
+    check_reader = fetch ? bs_blobreader_create(&co, fetch) : NULL;
+    if (!reader || !check_reader) {
         bs_log(BS_LOG_ERROR, "agent", "event=origin_failed msg=\"%s\"", err);
         goto out;
     }
@@ -311,7 +316,7 @@ int main(int argc, char **argv)
         .grant_ttl_ms = cfg.grant_ttl_ms,
         .max_grants = (size_t)cfg.max_grants,
     };
-    svc = bs_service_create(&vo, store, reader, metrics, err, sizeof(err));
+    svc = bs_service_create(&vo, store, reader, check_reader, metrics, err, sizeof(err));
     if (!svc)
         goto out_err;
     if (cfg.socket_path[0]) {
@@ -377,6 +382,7 @@ out:
     bs_unixsrv_destroy(usrv, 0);
     bs_httpsrv_destroy(hsrv, 0);
     bs_service_destroy(svc);
+    bs_blobreader_destroy(check_reader);
     bs_blobreader_destroy(reader);
     bs_fetch_destroy(fetch);
     bs_store_destroy(store);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "azcred.h"
 #include "blobreader.h"
@@ -42,6 +43,7 @@ struct bs_service {
     char *patterns;
     struct bs_store *store;
     struct bs_blobreader *reader;
+    struct bs_blobreader *check_reader;
     struct bs_grants *grants;
 
     pthread_mutex_t lock; /* queue, map, jobs' refs/done, stop */
@@ -54,6 +56,7 @@ struct bs_service {
         int used;
     } checking[MAX_CHECKS]; /* grants being verified right now */
     pthread_cond_t check_cv;
+    pthread_mutex_t verify_lock; /* one corruption report verified at a time */
     struct fill_job *map[MAP_BUCKETS];
     int stop;
     pthread_t *workers;
@@ -313,9 +316,11 @@ static void reply(struct bs_chunk_reply *rep, enum bs_chunk_status st, const cha
 
 static int valid_container(const char *c)
 {
+    if (strcmp(c, "$root") == 0 || strcmp(c, "$web") == 0 || strcmp(c, "$logs") == 0)
+        return 1;
     size_t n = strlen(c);
     if (n < 3 || n > 63)
-        return c[0] == '$' && n <= 63;
+        return 0;
     for (size_t i = 0; i < n; i++)
         if (!((c[i] >= 'a' && c[i] <= 'z') || (c[i] >= '0' && c[i] <= '9') || c[i] == '-'))
             return 0;
@@ -333,7 +338,9 @@ static int begin_check(struct bs_service *s, const unsigned char key[32])
         if (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 5;
+            uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->o.fill_wait_ms * 1000000ull;
+            ts.tv_sec += (time_t)(ns / 1000000000ull);
+            ts.tv_nsec = (long)(ns % 1000000000ull);
             while (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0)
                 if (pthread_cond_timedwait(&s->check_cv, &s->lock, &ts) != 0)
                     break;
@@ -383,7 +390,7 @@ static int check_access(struct bs_service *s, const struct bs_chunk_req *req,
             return 1;
         }
         struct bs_blob_props props;
-        int rc = bs_blobreader_head(s->reader, cred, req->account, req->container, req->blob,
+        int rc = bs_blobreader_head(s->check_reader, cred, req->account, req->container, req->blob,
                                     &props, err, sizeof(err));
         bs_azcred_destroy(cred);
         bs_metric_add(s->m_grants_checked, rc == 0 ? "granted" : "refused", 1);
@@ -439,12 +446,12 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     }
     snprintf(rep->etag, sizeof(rep->etag), "%s", grant.etag);
     rep->blob_size = grant.size;
-    uint64_t start = req->chunk * s->o.chunk_size;
-    if (start >= grant.size) {
+    if (grant.size == 0 || req->chunk > (grant.size - 1) / s->o.chunk_size) {
         reply(rep, BS_CHUNK_ERROR, "chunk %llu is past the end of the blob",
               (unsigned long long)req->chunk);
         goto out;
     }
+    uint64_t start = req->chunk * s->o.chunk_size; /* < grant.size: cannot overflow */
     uint64_t len = grant.size - start < s->o.chunk_size ? grant.size - start : s->o.chunk_size;
 
     struct bs_chunk_key k;
@@ -496,14 +503,44 @@ void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *
     struct bs_grant grant;
     bs_grants_key(&req->auth, req->container, req->blob, gkey);
     if (bs_grants_find(s->grants, gkey, &grant) != 0)
-        return; /* only a caller with access may make us drop a chunk */
+        return; /* only a caller with access may make us look */
     struct bs_chunk_key k;
     char acct[KEY_ACCOUNT_MAX];
     chunk_key(&k, acct, s->o.chunk_size, req->auth.endpoint, req->container, req->blob, grant.etag,
               req->chunk);
+    struct bs_chunk_ref *ref;
+    if (bs_store_get(s->store, &k, &ref) != 0)
+        return;
+    /* A report is a hint, not proof: the chunk is dropped only if its own blocks fail their
+     * checksums here. One verification at a time bounds the memory to one chunk. */
+    pthread_mutex_lock(&s->verify_lock);
+    uint64_t len = bs_chunk_ref_length(ref);
+    uint32_t n = 0;
+    const uint32_t *crcs = bs_chunk_ref_crcs(ref, &n);
+    char *buf = malloc(len ? len : 1);
+    int fd = bs_chunk_ref_open(ref);
+    int bad = 0;
+    if (buf && fd >= 0) {
+        uint64_t got = 0;
+        while (got < len) {
+            ssize_t r = pread(fd, buf + got, len - got, (off_t)got);
+            if (r <= 0)
+                break;
+            got += (uint64_t)r;
+        }
+        bad = got != len ||
+              bs_chunk_verify(crcs, n, bs_chunk_ref_block_size(ref), len, 0, buf, len) != 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    pthread_mutex_unlock(&s->verify_lock);
+    bs_store_release(s->store, ref);
+    if (!bad)
+        return;
     bs_store_drop(s->store, &k);
     bs_metric_add(s->m_errors, "corrupt_chunk", 1);
-    bs_log(BS_LOG_WARN, "service", "event=chunk_corrupt blob=\"%s\" chunk=%llu", req->blob,
+    bs_log(BS_LOG_WARN, "service", "event=chunk_corrupt container=%s chunk=%llu", req->container,
            (unsigned long long)req->chunk);
 }
 
@@ -523,7 +560,8 @@ void bs_service_hello(const struct bs_service *s, struct bs_hello *h)
 }
 
 struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_store *store,
-                                     struct bs_blobreader *reader, struct bs_metrics *metrics,
+                                     struct bs_blobreader *reader,
+                                     struct bs_blobreader *check_reader, struct bs_metrics *metrics,
                                      char *err, size_t errsz)
 {
     struct bs_service *s = calloc(1, sizeof(*s));
@@ -534,11 +572,13 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
     s->o = *o;
     s->store = store;
     s->reader = reader;
+    s->check_reader = check_reader;
     s->patterns = strdup(o->allowed_endpoints ? o->allowed_endpoints : "");
     s->grants = bs_grants_create(o->max_grants, o->grant_ttl_ms);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->work_cv, NULL);
     pthread_cond_init(&s->check_cv, NULL);
+    pthread_mutex_init(&s->verify_lock, NULL);
     s->m_requests = bs_metrics_counter(metrics, "blobswarm_agent_chunk_requests_total",
                                        "Chunk requests answered, by status.", "status");
     s->m_served =
@@ -604,6 +644,7 @@ void bs_service_destroy(struct bs_service *s)
     free(s->patterns);
     pthread_cond_destroy(&s->work_cv);
     pthread_cond_destroy(&s->check_cv);
+    pthread_mutex_destroy(&s->verify_lock);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }

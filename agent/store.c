@@ -988,7 +988,7 @@ static int write_chunk_file(struct bs_store *s, const char *tmp, const char *nam
 {
     const char *what = "create";
     int rc = 0;
-    int fd = openat(s->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = openat(s->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
     if (fd < 0) {
         rc = -errno;
         goto out;

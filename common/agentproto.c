@@ -135,6 +135,19 @@ int bs_proto_decode_op(const char *json, size_t len, char *op, size_t opsz, char
     return rc;
 }
 
+/* Bearer tokens (JWT): base64url and '.'; SAS: a URL query of percent-encoded values. */
+static int secret_chars_ok(const char *s, enum bs_auth_kind kind)
+{
+    const char *extra = kind == BS_AUTH_SAS ? "%&=._~+/:-" : "._~+/=-";
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c && strchr(extra, c))))
+            return 0;
+    }
+    return 1;
+}
+
 int bs_proto_decode_req(const char *json, size_t len, struct bs_chunk_req *r, char *err,
                         size_t errsz)
 {
@@ -178,6 +191,11 @@ int bs_proto_decode_req(const char *json, size_t len, struct bs_chunk_req *r, ch
     }
     if (r->auth.kind != BS_AUTH_ANONYMOUS && !r->auth.secret[0]) {
         snprintf(err, errsz, "auth secret missing");
+        rc = -EINVAL;
+    } else if (!secret_chars_ok(r->auth.secret, r->auth.kind)) {
+        /* The secret goes into a URL or an Authorization header: anything outside the
+         * token/query alphabet could inject headers or requests. */
+        snprintf(err, errsz, "auth secret has characters a SAS or bearer token cannot have");
         rc = -EINVAL;
     }
 out:

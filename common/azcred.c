@@ -228,6 +228,8 @@ static int base_url(const struct bs_azcred *c, const char *account, char *out, s
 
 static int add_header(struct curl_slist **list, const char *name, const char *value)
 {
+    if (strpbrk(value, "\r\n"))
+        return -EINVAL; /* never let a value start another header or request */
     char line[TOKEN_MAX + 64];
     snprintf(line, sizeof(line), "%s: %s", name, value);
     struct curl_slist *n = curl_slist_append(*list, line);

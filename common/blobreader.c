@@ -452,6 +452,13 @@ static int check_piece(struct bs_blobreader *r, struct piece *p, const struct ta
     struct bs_fetch_req *q = &p->req;
     uint64_t want = p->len - p->done;
     int ok_status = q->status == 206 || (q->status == 200 && q->content_length == want);
+    if (q->curl_code == CURLE_OK && ok_status && p->az.if_match && q->etag[0] &&
+        strcmp(q->etag, p->az.if_match) != 0) {
+        /* If-Match was sent: a body of any other version is never accepted. */
+        fail(err, errsz, t, "the service answered with version %s, not %s", q->etag,
+             p->az.if_match);
+        return -ESTALE;
+    }
     if (q->curl_code == CURLE_OK && ok_status && q->got == want && !q->overflow) {
         p->done = p->len;
         p->finished = 1;

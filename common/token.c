@@ -362,8 +362,15 @@ static int fetch_token(struct bs_token_source *s, char *err, size_t errsz)
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     if (cc != CURLE_OK) {
-        snprintf(err, errsz, "%s: token endpoint unreachable: %s", s->name, curl_easy_strerror(cc));
-        rc = -EHOSTUNREACH;
+        /* Unreachable (no connection was ever made) means "this source is absent"; a failure
+         * after connecting (slow or broken answer) is an error of a present source. */
+        curl_off_t connect_us = 0;
+        curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connect_us);
+        int unreachable = cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
+                          (cc == CURLE_OPERATION_TIMEDOUT && connect_us == 0);
+        snprintf(err, errsz, "%s: token endpoint %s: %s", s->name,
+                 unreachable ? "unreachable" : "failed", curl_easy_strerror(cc));
+        rc = unreachable ? -EHOSTUNREACH : -EIO;
         goto out;
     }
     if (status != 200) {

@@ -28,12 +28,14 @@
 #define DEFAULT_SERVICE "http://blobswarm-agent.blobswarm.svc.cluster.local:8787"
 #define MIN_CHUNK       (1u << 20)
 #define META_MAX        BS_PROTO_MAX_FRAME
+#define HTTP_BUFFER_BYTES (256ull << 20) /* HTTP route: bodies in flight per process */
 
 struct bs_agentclient {
     struct bs_agentclient_opts o;
     char address[512];
     int is_unix;
-    char url[600]; /* HTTP route: .../v1/chunk */
+    int discovered_http; /* the well-known Service, not named by the user */
+    char url[600];       /* HTTP route: .../v1/chunk */
     struct bs_fetch *fetch;
     pthread_mutex_t lock;
     int *idle;
@@ -41,6 +43,7 @@ struct bs_agentclient {
     atomic_uint_fast64_t chunk_size;
     atomic_uint block_size;
     atomic_uint_fast64_t open_until_ns; /* breaker */
+    atomic_uint_fast64_t http_buffered;  /* bytes of HTTP bounce buffers in use */
 };
 
 /* One chunk of a read in flight. */
@@ -76,6 +79,11 @@ uint64_t bs_agentclient_chunk_size(struct bs_agentclient *c)
     return atomic_load(&c->chunk_size);
 }
 
+int bs_agentclient_discovered_http(const struct bs_agentclient *c)
+{
+    return c->discovered_http;
+}
+
 const char *bs_agentclient_address(const struct bs_agentclient *c)
 {
     return c->address;
@@ -89,11 +97,12 @@ struct bs_agentclient *bs_agentclient_create(const struct bs_agentclient_opts *o
         return NULL;
     char addr[512];
     struct stat st;
+    int discovered_http = 0;
     if (!*a) {
         if (stat(DEFAULT_SOCKET, &st) == 0 && S_ISSOCK(st.st_mode))
             a = DEFAULT_SOCKET;
         else if (getenv("KUBERNETES_SERVICE_HOST"))
-            a = DEFAULT_SERVICE; /* in a pod: the node-local Service */
+            a = DEFAULT_SERVICE, discovered_http = 1; /* in a pod: the node-local Service */
         else
             return NULL;
     }
@@ -109,6 +118,7 @@ struct bs_agentclient *bs_agentclient_create(const struct bs_agentclient_opts *o
     c->o.max_idle = o->max_idle > 0 ? o->max_idle : 1;
     memcpy(c->address, addr, sizeof(addr));
     c->is_unix = addr[0] == '/';
+    c->discovered_http = discovered_http;
     if (!c->is_unix) {
         if (strncmp(addr, "http://", 7) != 0 || !fetch) {
             free(c);
@@ -157,8 +167,9 @@ static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns)
     if (fd < 0)
         return -1;
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        int busy = errno == EAGAIN; /* listen backlog full: busy, not broken */
         close(fd);
-        return -1;
+        return busy ? -2 : -1;
     }
     /* Learn (or confirm) the agent's grid on every new connection: it may have restarted. */
     char *hello = bs_proto_encode_hello_req(), *msg = NULL;
@@ -409,10 +420,18 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
                       const char *etag, uint64_t blob_size, char *buf, uint64_t off,
                       uint64_t deadline_ns)
 {
+    /* Bodies land in bounce buffers about the size of the read: bounded per process by
+     * HTTP_BUFFER_BYTES; a read that does not fit goes to Azure instead (not a failure). */
+    uint64_t need = (uint64_t)(sl[n - 1].want_hi - sl[0].want_lo) + n * 2 * (1u << 20);
+    if (atomic_fetch_add(&c->http_buffered, need) + need > HTTP_BUFFER_BYTES) {
+        atomic_fetch_sub(&c->http_buffered, need);
+        return;
+    }
     struct bs_fetch_batch batch;
     struct bs_chunk_reply *r = malloc(sizeof(*r));
     if (!r || bs_fetch_batch_init(&batch) != 0) {
         free(r);
+        atomic_fetch_sub(&c->http_buffered, need);
         return;
     }
     uint64_t bs = atomic_load(&c->block_size);
@@ -476,6 +495,11 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         }
     }
     report_corrupt_http(c, sl, n, headers, deadline_ns);
+    for (size_t i = 0; i < n; i++) {
+        free(sl[i].body);
+        sl[i].body = NULL;
+    }
+    atomic_fetch_sub(&c->http_buffered, need);
     if (transport_failed)
         trip(c, wrc ? "agent timed out" : "agent HTTP request failed");
     curl_slist_free_all(headers);

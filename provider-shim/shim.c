@@ -54,7 +54,7 @@ static const struct bs_cfg_entry shim_settings[] = {
      "HTTP transfers in flight per process (keep-alive connections kept)", 0},
     {"BLOBSWARM_IO_THREADS", BS_CFG_INT, 1, 16, "2", F(io_threads),
      "threads driving the HTTP transfers", 0},
-    {"BLOBSWARM_DEADLINE_MS", BS_CFG_MS, 100, 3600000, "120000", F(deadline_ms),
+    {"BLOBSWARM_DEADLINE_MS", BS_CFG_MS, 100, 3600000, "600000", F(deadline_ms),
      "overall time limit of one blob_read, retries included", 0},
     {"BLOBSWARM_CONNECT_TIMEOUT_MS", BS_CFG_MS, 100, 120000, "5000", F(connect_timeout_ms),
      "TCP+TLS connect limit per attempt", 0},
@@ -104,6 +104,22 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_idle = PTHREAD_COND_INITIALIZER;
 static struct shim_state *g_state;
 static int g_active;
+static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+
+/* A forked child has none of the parent's I/O threads: it forgets the parent's state (left
+ * allocated: its threads' memory is not the child's to free) and starts over lazily. */
+static void atfork_child(void)
+{
+    pthread_mutex_init(&g_lock, NULL);
+    pthread_cond_init(&g_idle, NULL);
+    g_state = NULL;
+    g_active = 0;
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}
 
 static void state_destroy(struct shim_state *s)
 {
@@ -195,6 +211,13 @@ static int read_via_agent(struct shim_state *s, const char *account, const char 
     if (off > props.size || len > props.size - off || len == 0)
         return bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, off, len, err,
                                   errsz); /* the direct path words range errors */
+    /* An agent found only by its well-known Service name (not named in BLOBSWARM_AGENT) gets
+     * nothing broader than a one-blob SAS minted here: never a bearer token or the user's
+     * own SAS over plain HTTP. */
+    if (bs_agentclient_discovered_http(s->agent) &&
+        (bs_azcred_kind(s->cred) == BS_AUTH_BEARER || bs_azcred_kind(s->cred) == BS_AUTH_SAS))
+        return bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, off, len, err,
+                                  errsz);
     struct bs_delegation *d = malloc(sizeof(*d));
     size_t max = len / (1u << 20) + 3; /* chunks are at least 1 MiB */
     uint64_t(*missing)[2] = malloc(max * sizeof(*missing));
@@ -257,6 +280,7 @@ BS_ABI_EXPORT ssize_t blob_read(const char *account, const char *container, cons
         return -1;
     }
 
+    pthread_once(&g_atfork_once, register_atfork);
     pthread_mutex_lock(&g_lock);
     if (!g_state)
         g_state = state_create(err, sizeof(err));
