@@ -34,8 +34,8 @@ struct bs_service_opts {
  * be answered before the shim gives up on the agent). */
 struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_store *store,
                                      struct bs_blobreader *reader,
-                                     struct bs_blobreader *check_reader,
-                                     struct bs_metrics *metrics, char *err, size_t errsz);
+                                     struct bs_blobreader *check_reader, struct bs_metrics *metrics,
+                                     char *err, size_t errsz);
 /* Stops the fill workers (pending fills fail) and frees. Accepts NULL. */
 void bs_service_destroy(struct bs_service *s);
 

@@ -24,10 +24,10 @@
 #include "fetch.h"
 #include "log.h"
 
-#define DEFAULT_SOCKET  "/run/blobswarm/agent.sock"
-#define DEFAULT_SERVICE "http://blobswarm-agent.blobswarm.svc.cluster.local:8787"
-#define MIN_CHUNK       (1u << 20)
-#define META_MAX        BS_PROTO_MAX_FRAME
+#define DEFAULT_SOCKET    "/run/blobswarm/agent.sock"
+#define DEFAULT_SERVICE   "http://blobswarm-agent.blobswarm.svc.cluster.local:8787"
+#define MIN_CHUNK         (1u << 20)
+#define META_MAX          BS_PROTO_MAX_FRAME
 #define HTTP_BUFFER_BYTES (256ull << 20) /* HTTP route: bodies in flight per process */
 
 struct bs_agentclient {
@@ -43,7 +43,7 @@ struct bs_agentclient {
     atomic_uint_fast64_t chunk_size;
     atomic_uint block_size;
     atomic_uint_fast64_t open_until_ns; /* breaker */
-    atomic_uint_fast64_t http_buffered;  /* bytes of HTTP bounce buffers in use */
+    atomic_uint_fast64_t http_buffered; /* bytes of HTTP bounce buffers in use */
 };
 
 /* One chunk of a read in flight. */

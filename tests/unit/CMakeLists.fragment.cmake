@@ -49,3 +49,9 @@ add_executable(unit_store ${CMAKE_CURRENT_LIST_DIR}/test_store.c)
 target_link_libraries(unit_store PRIVATE bs_agent PkgConfig::CMOCKA Threads::Threads)
 add_test(NAME unit_store COMMAND unit_store)
 set_tests_properties(unit_store PROPERTIES LABELS unit TIMEOUT 120)
+
+# common/agentproto (codec, untrusted-input rejection) and the agent's endpoint allow-list.
+add_executable(unit_agentproto ${CMAKE_CURRENT_LIST_DIR}/test_agentproto.c)
+target_link_libraries(unit_agentproto PRIVATE bs_agent PkgConfig::CMOCKA)
+add_test(NAME unit_agentproto COMMAND unit_agentproto)
+set_tests_properties(unit_agentproto PROPERTIES LABELS unit TIMEOUT 60)
