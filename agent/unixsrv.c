@@ -23,6 +23,7 @@
 #include "store.h"
 
 #define IO_TIMEOUT_NS (10ull * 1000000000ull) /* one frame must arrive within this */
+#define IDLE_LIMIT_MS 120000                  /* an idle connection is closed after this */
 
 struct bs_unixsrv {
     int lfd;
@@ -87,14 +88,20 @@ static void *conn_main(void *arg)
 {
     struct conn *c = arg;
     struct bs_unixsrv *u = c->u;
+    int idle_ms = 0;
     for (;;) {
-        /* Between requests: wake up regularly to notice a stop. */
+        /* Between requests: wake up regularly to notice a stop, and close connections idle
+         * for IDLE_LIMIT_MS so that idle clients cannot hold every slot. */
         struct pollfd p = {c->fd, POLLIN, 0};
         int n = poll(&p, 1, 200);
         if (atomic_load(&u->stop))
             break;
-        if (n <= 0)
+        if (n <= 0) {
+            if ((idle_ms += 200) >= IDLE_LIMIT_MS)
+                break;
             continue;
+        }
+        idle_ms = 0;
         char *msg = NULL;
         size_t len = 0;
         int rfd = -1;

@@ -152,11 +152,16 @@ void bs_agentclient_destroy(struct bs_agentclient *c)
 }
 
 /* A connected socket whose agent geometry is known; -1 on failure. */
-static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns)
+static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns, int fresh, int *pooled)
 {
-    pthread_mutex_lock(&c->lock);
-    int fd = c->nidle ? c->idle[--c->nidle] : -1;
-    pthread_mutex_unlock(&c->lock);
+    int fd = -1;
+    if (!fresh) {
+        pthread_mutex_lock(&c->lock);
+        fd = c->nidle ? c->idle[--c->nidle] : -1;
+        pthread_mutex_unlock(&c->lock);
+    }
+    if (pooled)
+        *pooled = fd >= 0;
     if (fd >= 0)
         return fd;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -335,7 +340,18 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
     for (size_t i = 0; i < n && !failed; i++) {
         fill_req(q, d, container, blob, etag, sl[i].chunk);
         sl[i].json = bs_proto_encode_req(q);
-        sl[i].sock = sl[i].json ? get_conn(c, deadline_ns) : -1;
+        int pooled = 0;
+        sl[i].sock = sl[i].json ? get_conn(c, deadline_ns, 0, &pooled) : -1;
+        if (sl[i].sock >= 0 && pooled &&
+            bs_proto_send(sl[i].sock, sl[i].json, -1, deadline_ns) != 0) {
+            /* An idle pooled connection the agent closed (idle limit, restart): once more on
+             * a new one before deeming the agent broken. */
+            close(sl[i].sock);
+            sl[i].sock = get_conn(c, deadline_ns, 1, NULL);
+            pooled = 0;
+        } else if (sl[i].sock >= 0 && pooled) {
+            continue; /* sent */
+        }
         if (sl[i].sock == -2) {
             sl[i].sock = -1;
             continue;
@@ -516,7 +532,7 @@ size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation 
     uint64_t deadline_ns = bs_now_ns() + (uint64_t)c->o.timeout_ms * 1000000ull;
     uint64_t cs = atomic_load(&c->chunk_size);
     if (c->is_unix && !cs) {
-        int fd = get_conn(c, deadline_ns); /* learns the grid */
+        int fd = get_conn(c, deadline_ns, 0, NULL); /* learns the grid */
         if (fd < 0) {
             if (fd == -1)
                 trip(c, "cannot reach the agent");
