@@ -57,12 +57,9 @@ die() {
   exit 1
 }
 
-# True if process $1 exists and is not a zombie.
-alive() {
-  local state
-  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
-}
+# alive PID: see scripts/proc.sh
+# shellcheck source=scripts/proc.sh
+. "$ROOT/scripts/proc.sh"
 
 stop_pid() {
   local pid=$1 i

@@ -101,12 +101,9 @@ fail() {
   exit 1
 }
 
-# True if process $1 exists and is not a zombie.
-alive() {
-  local state
-  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
-}
+# alive PID: see scripts/proc.sh
+# shellcheck source=scripts/proc.sh
+. "$ROOT/scripts/proc.sh"
 
 # wait_exit PID SECONDS: reaps PID (a child) within SECONDS; sets EXIT_RC and EXIT_MS.
 # Returns 1 if it is still running then.

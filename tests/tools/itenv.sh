@@ -65,13 +65,9 @@ usage() {
   exit 2
 }
 
-# True if process $1 exists and is not a zombie (a server that died during start-up stays
-# a zombie child of this script until it exits).
-alive() {
-  local state
-  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
-}
+# alive PID: see scripts/proc.sh
+# shellcheck source=scripts/proc.sh
+. "$ROOT/scripts/proc.sh"
 
 # Prints the PID in pid file $1 if that process is alive and is one this DIR started (its
 # working directory is DIR), so a recycled PID is never signalled.
