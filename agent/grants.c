@@ -227,11 +227,3 @@ void bs_grants_forget(struct bs_grants *g, const unsigned char key[32])
         g->e[i].expires_ns = 0; /* stays as a tombstone until the next compaction */
     pthread_mutex_unlock(&g->lock);
 }
-
-size_t bs_grants_count(struct bs_grants *g)
-{
-    pthread_mutex_lock(&g->lock);
-    size_t n = g->n;
-    pthread_mutex_unlock(&g->lock);
-    return n;
-}

@@ -31,7 +31,6 @@ int bs_grants_find(struct bs_grants *g, const unsigned char key[32], struct bs_g
 void bs_grants_put(struct bs_grants *g, const unsigned char key[32], const struct bs_delegation *d,
                    const struct bs_grant *grant);
 void bs_grants_forget(struct bs_grants *g, const unsigned char key[32]);
-size_t bs_grants_count(struct bs_grants *g);
 
 /* Parses the se= (signed expiry) of a SAS query as epoch seconds; 0 when absent/invalid. */
 int64_t bs_sas_expiry(const char *sas);

@@ -246,14 +246,6 @@ out_errno:
     return NULL;
 }
 
-int bs_unixsrv_active(struct bs_unixsrv *u)
-{
-    pthread_mutex_lock(&u->lock);
-    int n = u->busy;
-    pthread_mutex_unlock(&u->lock);
-    return n;
-}
-
 int bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms)
 {
     if (!u)

@@ -19,6 +19,5 @@ struct bs_unixsrv *bs_unixsrv_create(const char *path, int max_clients, struct b
  * time ran out: then nothing was freed and the caller must not free what they use (the
  * agent exits). Accepts NULL. */
 int bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms);
-int bs_unixsrv_active(struct bs_unixsrv *u);
 
 #endif

@@ -178,9 +178,10 @@ static size_t on_body(char *data, size_t sz, size_t n, void *ud)
     return len;
 }
 
-/* Stall detection. curl's LOW_SPEED check averages the speed over a window of several
- * seconds, so a transfer that stops after a burst of bytes is noticed only about five seconds
- * after the stall timeout; this fails it once no body byte arrived for stall_timeout_ms. */
+/* Stall detection, the only one: fails a transfer once no body byte has arrived for
+ * stall_timeout_ms, waiting for the first byte included (curl calls this at least once a
+ * second). curl's LOW_SPEED check is not used: it averages over several seconds and notices a
+ * stop after a burst of bytes about five seconds late. */
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow)
 {
@@ -232,8 +233,6 @@ static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)RECV_BUFFER);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, (o->stall_timeout_ms + 999) / 1000);
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, r);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);

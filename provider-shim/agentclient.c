@@ -74,11 +74,6 @@ int bs_agentclient_usable(struct bs_agentclient *c)
     return c && bs_now_ns() >= atomic_load(&c->open_until_ns);
 }
 
-uint64_t bs_agentclient_chunk_size(struct bs_agentclient *c)
-{
-    return atomic_load(&c->chunk_size);
-}
-
 int bs_agentclient_discovered_http(const struct bs_agentclient *c)
 {
     return c->discovered_http;

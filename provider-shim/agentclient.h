@@ -43,7 +43,4 @@ size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation 
 /* Whether the agent is the HTTP Service found by discovery (not configured explicitly). */
 int bs_agentclient_discovered_http(const struct bs_agentclient *c);
 
-/* Chunk size announced by the agent, 0 before the first contact. */
-uint64_t bs_agentclient_chunk_size(struct bs_agentclient *c);
-
 #endif
