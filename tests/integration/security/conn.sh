@@ -1,0 +1,1 @@
+# Adversarial cases: conn (see tests/integration/test_security.sh).

@@ -1,0 +1,1 @@
+# Adversarial cases: fill (see tests/integration/test_security.sh).

@@ -1,0 +1,1 @@
+# Adversarial cases: shim (see tests/integration/test_security.sh).

@@ -1,0 +1,1 @@
+# Adversarial cases: store (see tests/integration/test_security.sh).
