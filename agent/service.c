@@ -557,6 +557,7 @@ void bs_service_hello(const struct bs_service *s, struct bs_hello *h)
     h->version = BS_PROTO_VERSION;
     h->chunk_size = s->o.chunk_size;
     h->block_size = s->o.block_size;
+    h->answer_ms = 0;
 }
 
 struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_store *store,

@@ -181,7 +181,10 @@ static void *accept_main(void *arg)
             bs_log(BS_LOG_WARN, "unixsrv", "event=connection_refused reason=%s",
                    full ? "max_clients" : "no_thread");
             /* Say so, so the shim reads Azure for now without deeming the agent broken. */
-            bs_proto_send(fd, "{\"v\":1,\"status\":\"busy\"}", -1, bs_now_ns() + 100 * 1000000ull);
+            char *busy = bs_proto_encode_busy();
+            if (busy)
+                bs_proto_send(fd, busy, -1, bs_now_ns() + 100 * 1000000ull);
+            free(busy);
             close(fd);
             free(c);
             if (!full) {

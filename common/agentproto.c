@@ -17,7 +17,22 @@
 #include "fetch.h" /* bs_now_ns */
 
 static const char *const status_names[] = {"hit", "filled", "miss", "denied", "error"};
-static const char *const auth_names[] = {"sharedkey", "sas", "bearer", "none"};
+/* The wire name of a delegated credential kind; NULL for a kind that is never delegated
+ * (Shared Key becomes a SAS before it leaves the shim). */
+static const char *auth_name(enum bs_auth_kind k)
+{
+    switch (k) {
+    case BS_AUTH_SAS:
+        return "sas";
+    case BS_AUTH_BEARER:
+        return "bearer";
+    case BS_AUTH_ANONYMOUS:
+        return "none";
+    case BS_AUTH_SHARED_KEY:
+        break;
+    }
+    return NULL;
+}
 
 const char *bs_chunk_status_name(enum bs_chunk_status s)
 {
@@ -38,22 +53,50 @@ char *bs_proto_encode_hello_req(void)
 
 char *bs_proto_encode_hello(const struct bs_hello *h)
 {
-    return dump(json_pack("{s:i,s:I,s:i}", "v", h->version, "chunk_size", (json_int_t)h->chunk_size,
-                          "block_size", (int)h->block_size));
+    return dump(json_pack("{s:i,s:I,s:i,s:I}", "v", h->version, "chunk_size",
+                          (json_int_t)h->chunk_size, "block_size", (int)h->block_size, "answer_ms",
+                          (json_int_t)h->answer_ms));
 }
 
-char *bs_proto_encode_req(const struct bs_chunk_req *r)
+char *bs_proto_encode_busy(void)
 {
-    json_t *j = json_pack(
-        "{s:i,s:s,s:s,s:s,s:s,s:s,s:I,s:{s:s,s:s,s:s,s:s}}", "v", BS_PROTO_VERSION, "op", "chunk",
-        "account", r->account, "container", r->container, "blob", r->blob, "etag", r->etag, "chunk",
-        (json_int_t)r->chunk, "auth", "kind", auth_names[r->auth.kind & 3], "endpoint",
-        r->auth.endpoint, "account", r->auth.account, "secret", r->auth.secret);
+    return dump(json_pack("{s:i,s:s}", "v", BS_PROTO_VERSION, "status", "busy"));
+}
+
+int bs_proto_is_busy(const char *json, size_t len)
+{
+    json_t *j = json_loadb(json, len, 0, NULL);
+    json_t *st = json_object_get(j, "status");
+    int busy = json_is_string(st) && strcmp(json_string_value(st), "busy") == 0;
+    json_decref(j);
+    return busy;
+}
+
+static char *encode_req_op(const struct bs_chunk_req *r, const char *op)
+{
+    const char *kind = auth_name(r->auth.kind);
+    if (!kind)
+        return NULL;
+    json_t *j =
+        json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:I,s:{s:s,s:s,s:s,s:s}}", "v", BS_PROTO_VERSION, "op",
+                  op, "account", r->account, "container", r->container, "blob", r->blob, "etag",
+                  r->etag, "chunk", (json_int_t)r->chunk, "auth", "kind", kind, "endpoint",
+                  r->auth.endpoint, "account", r->auth.account, "secret", r->auth.secret);
     if (j && r->sub_len) {
         json_object_set_new(j, "sub_off", json_integer((json_int_t)r->sub_off));
         json_object_set_new(j, "sub_len", json_integer((json_int_t)r->sub_len));
     }
     return dump(j);
+}
+
+char *bs_proto_encode_req(const struct bs_chunk_req *r)
+{
+    return encode_req_op(r, "chunk");
+}
+
+char *bs_proto_encode_corrupt(const struct bs_chunk_req *r)
+{
+    return encode_req_op(r, "corrupt");
 }
 
 char *bs_proto_encode_reply(const struct bs_chunk_reply *r)
@@ -282,6 +325,11 @@ int bs_proto_decode_hello(const char *json, size_t len, struct bs_hello *h, char
     }
     h->block_size = (uint32_t)bs;
     h->version = (int)v;
+    json_t *am = json_object_get(j, "answer_ms"); /* optional: older agents do not send it */
+    h->answer_ms =
+        json_is_integer(am) && json_integer_value(am) > 0 && json_integer_value(am) < 3600000
+            ? (uint32_t)json_integer_value(am)
+            : 0;
 out:
     json_decref(j);
     return rc;

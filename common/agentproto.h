@@ -55,6 +55,9 @@ struct bs_hello {
     uint64_t chunk_size;
     uint32_t block_size;
     int version;
+    /* The longest the agent takes to answer one chunk request, access check and fill wait
+     * included (0: not announced). The shim waits at least this long before it gives up. */
+    uint32_t answer_ms;
 };
 
 const char *bs_chunk_status_name(enum bs_chunk_status s);
@@ -63,6 +66,12 @@ const char *bs_chunk_status_name(enum bs_chunk_status s);
 char *bs_proto_encode_hello_req(void);
 char *bs_proto_encode_hello(const struct bs_hello *h);
 char *bs_proto_encode_req(const struct bs_chunk_req *r);
+/* The same request as op "corrupt": the caller found a block of that chunk bad. */
+char *bs_proto_encode_corrupt(const struct bs_chunk_req *r);
+/* The frame an agent at its connection limit sends before closing: {"v":1,"status":"busy"}. */
+char *bs_proto_encode_busy(void);
+/* 1 if json is a busy frame, 0 otherwise. */
+int bs_proto_is_busy(const char *json, size_t len);
 char *bs_proto_encode_reply(const struct bs_chunk_reply *r);
 
 /* Decoding. Returns 0 or -EINVAL with a message. op receives "hello" or "chunk". */

@@ -181,7 +181,7 @@ static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns, int fresh, i
              bs_proto_recv(fd, &msg, &len, &rfd, deadline_ns) == 0 &&
              bs_proto_decode_hello(msg, len, &h, err, sizeof(err)) == 0 &&
              h.chunk_size >= MIN_CHUNK;
-    int busy = !ok && msg && strstr(msg, "\"status\":\"busy\"") != NULL;
+    int busy = !ok && msg && bs_proto_is_busy(msg, len);
     free(hello);
     free(msg);
     if (rfd >= 0)
@@ -298,26 +298,11 @@ static void fill_req(struct bs_chunk_req *q, const struct bs_delegation *d, cons
     q->auth = *d;
 }
 
-/* The same request with op "corrupt": the agent re-checks access, then drops the chunk so
- * the next reader refills it. Caller frees. */
-static char *corrupt_json(const char *req_json)
+/* Tells the agent chunk q->chunk failed its checksums here: it re-checks access and the
+ * chunk itself, and drops it so the next reader refills it. */
+static void report_corrupt(int sock, const struct bs_chunk_req *q, uint64_t deadline_ns)
 {
-    const char *p = strstr(req_json, "\"op\":\"chunk\"");
-    if (!p)
-        return NULL;
-    size_t n = strlen(req_json), head = (size_t)(p - req_json);
-    char *j = malloc(n + 4);
-    if (!j)
-        return NULL;
-    memcpy(j, req_json, head);
-    memcpy(j + head, "\"op\":\"corrupt\"", 14);
-    memcpy(j + head + 14, p + 12, n - head - 12 + 1);
-    return j;
-}
-
-static void report_corrupt(int sock, const char *req_json, uint64_t deadline_ns)
-{
-    char *j = corrupt_json(req_json);
+    char *j = bs_proto_encode_corrupt(q);
     if (j)
         bs_proto_send(sock, j, -1, deadline_ns);
     free(j);
@@ -385,7 +370,8 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
             if (crc == -EBADMSG) {
                 bs_log(BS_LOG_WARN, "agentclient", "event=bad_checksum blob=\"%s\" chunk=%llu",
                        blob, (unsigned long long)sl[i].chunk);
-                report_corrupt(sl[i].sock, sl[i].json, deadline_ns);
+                fill_req(q, d, container, blob, etag, sl[i].chunk);
+                report_corrupt(sl[i].sock, q, deadline_ns);
             }
         } else if (r->status == BS_CHUNK_ERROR) {
             bs_log(BS_LOG_DEBUG, "agentclient", "event=agent_error reason=\"%s\"", r->reason);
@@ -400,14 +386,19 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
 
 /* Tells the agent, over HTTP, about chunks whose blocks did not verify (best effort, 1 s). */
 static void report_corrupt_http(struct bs_agentclient *c, struct slot *sl, size_t n,
-                                struct curl_slist *headers, uint64_t deadline_ns)
+                                struct bs_chunk_req *q, struct curl_slist *headers,
+                                uint64_t deadline_ns)
 {
     struct bs_fetch_batch batch;
     int any = 0;
     if (bs_fetch_batch_init(&batch) != 0)
         return;
     for (size_t i = 0; i < n; i++) {
-        char *j = sl[i].corrupt ? corrupt_json(sl[i].json) : NULL;
+        if (!sl[i].corrupt)
+            continue;
+        q->chunk = sl[i].chunk; /* the rest of q is this read's */
+        q->sub_off = q->sub_len = 0;
+        char *j = bs_proto_encode_corrupt(q);
         if (!j)
             continue;
         free(sl[i].json);
@@ -505,7 +496,7 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
             sl[i].corrupt = 1;
         }
     }
-    report_corrupt_http(c, sl, n, headers, deadline_ns);
+    report_corrupt_http(c, sl, n, q, headers, deadline_ns);
     for (size_t i = 0; i < n; i++) {
         free(sl[i].body);
         sl[i].body = NULL;

@@ -173,6 +173,48 @@ static void test_hello_geometry(void **state)
                          -EINVAL);
 }
 
+/* Every frame is built by the codec: corrupt reports, busy frames, the hello's answer time;
+ * a credential kind that is never delegated cannot be encoded at all. */
+static void test_codec_frames(void **state)
+{
+    (void)state;
+    struct bs_chunk_req *a = sample_req(), *b = calloc(1, sizeof(*b));
+    char *json = bs_proto_encode_corrupt(a), err[160], op[16];
+    assert_non_null(json);
+    assert_int_equal(bs_proto_decode_op(json, strlen(json), op, sizeof(op), err, sizeof(err)), 0);
+    assert_string_equal(op, "corrupt");
+    assert_int_equal(bs_proto_decode_req(json, strlen(json), b, err, sizeof(err)), 0);
+    assert_string_equal(b->blob, a->blob);
+    free(json);
+
+    a->auth.kind = BS_AUTH_SHARED_KEY;
+    assert_null(bs_proto_encode_req(a));
+    a->auth.kind = (enum bs_auth_kind)7;
+    assert_null(bs_proto_encode_req(a));
+
+    char *busy = bs_proto_encode_busy();
+    assert_non_null(busy);
+    assert_true(bs_proto_is_busy(busy, strlen(busy)));
+    assert_false(bs_proto_is_busy("{\"status\":\"hit\"}", 16));
+    assert_false(bs_proto_is_busy("not json", 8));
+    free(busy);
+
+    struct bs_hello h = {.chunk_size = 8 << 20,
+                         .block_size = 65536,
+                         .version = 1,
+                         .answer_ms = 4000},
+                    g;
+    char *hj = bs_proto_encode_hello(&h);
+    assert_int_equal(bs_proto_decode_hello(hj, strlen(hj), &g, err, sizeof(err)), 0);
+    assert_int_equal(g.answer_ms, 4000);
+    free(hj);
+    const char *old = "{\"v\":1,\"chunk_size\":8388608,\"block_size\":65536}";
+    assert_int_equal(bs_proto_decode_hello(old, strlen(old), &g, err, sizeof(err)), 0);
+    assert_int_equal(g.answer_ms, 0);
+    free(a);
+    free(b);
+}
+
 static void test_endpoint_allow_list(void **state)
 {
     (void)state;
@@ -203,6 +245,7 @@ int main(void)
         cmocka_unit_test(test_request_rejects),
         cmocka_unit_test(test_reply_round_trip_and_checks),
         cmocka_unit_test(test_hello_geometry),
+        cmocka_unit_test(test_codec_frames),
         cmocka_unit_test(test_endpoint_allow_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
