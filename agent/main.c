@@ -348,6 +348,8 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (bs_metrics_error(metrics, err, sizeof(err)) != 0)
+        goto out_err;
     bs_log(BS_LOG_INFO, "agent", "event=ready socket=\"%s\" http_port=%d", cfg.socket_path,
            hsrv ? bs_httpsrv_port(hsrv) : 0);
 

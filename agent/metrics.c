@@ -63,6 +63,7 @@ struct bs_metrics {
     pthread_mutex_t lock; /* family list, series creation, render */
     struct bs_metric *first, *last;
     _Atomic uint64_t dropped;
+    char bad[BS_METRICS_MAX_NAME + 64]; /* the first registration refused, for bs_metrics_error */
 };
 
 /* ---- atomic doubles ---- */
@@ -228,9 +229,43 @@ static int same_definition(const struct bs_metric *a, const struct bs_metric *b)
  * A family without labels gets its one series now, so it renders 0 before any update.
  * Registering a name again returns the existing family if the definition is the same (two
  * modules may share one, each with its own label values), NULL if it differs. */
+static struct bs_metric *family_add_(struct bs_metrics *m, enum kind kind, const char *name,
+                                     const char *help, const char *labels, const double *buckets,
+                                     size_t nbuckets);
+
+/* Every refused registration is remembered (the first one by name), so that a metric that
+ * would silently never count stops the agent at start instead (bs_metrics_error). */
 static struct bs_metric *family_add(struct bs_metrics *m, enum kind kind, const char *name,
                                     const char *help, const char *labels, const double *buckets,
                                     size_t nbuckets)
+{
+    struct bs_metric *f = family_add_(m, kind, name, help, labels, buckets, nbuckets);
+    if (!f && m) {
+        pthread_mutex_lock(&m->lock);
+        if (!m->bad[0])
+            snprintf(m->bad, sizeof(m->bad), "%.*s", BS_METRICS_MAX_NAME,
+                     name && *name ? name : "(unnamed)");
+        pthread_mutex_unlock(&m->lock);
+    }
+    return f;
+}
+
+int bs_metrics_error(struct bs_metrics *m, char *err, size_t errsz)
+{
+    pthread_mutex_lock(&m->lock);
+    int rc = m->bad[0] ? -EINVAL : 0;
+    if (rc)
+        snprintf(err, errsz,
+                 "metric %s could not be registered (invalid, or registered twice with another "
+                 "definition)",
+                 m->bad);
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+static struct bs_metric *family_add_(struct bs_metrics *m, enum kind kind, const char *name,
+                                     const char *help, const char *labels, const double *buckets,
+                                     size_t nbuckets)
 {
     if (!m || !valid_name(name, 1) || !help || !*help || strlen(help) > BS_METRICS_MAX_HELP ||
         !utf8_valid(help))

@@ -31,6 +31,11 @@ void bs_metric_add(struct bs_metric *f, const char *values, double v);
 void bs_metric_set(struct bs_metric *f, const char *values, double v);
 void bs_metric_observe(struct bs_metric *f, const char *values, double v);
 
+/* -EINVAL with the name of the first family whose registration was refused (an invalid name,
+ * or a name registered again with another type, help, labels or buckets: that caller got NULL
+ * and its updates would silently be lost), else 0. The agent checks it once at start. */
+int bs_metrics_error(struct bs_metrics *m, char *err, size_t errsz);
+
 /* Renders every family into a malloc'd NUL-terminated string (caller frees); *len gets its
  * length. NULL on allocation failure. */
 char *bs_metrics_render(struct bs_metrics *m, size_t *len);

@@ -5,6 +5,7 @@
  * (tests/tools/check-metrics.sh) and runs no cmocka test. */
 #include <malloc.h>
 #include <pthread.h>
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -233,8 +234,14 @@ static void test_registration(void **state)
     static const double asc[] = {1, 2}, desc[] = {2, 1}, dup[] = {1, 1}, nan[] = {NAN};
     static const double with_inf[] = {1, INFINITY};
 
+    char err[200];
     assert_null(bs_metrics_counter(NULL, "a_total", "h", NULL));
+    assert_int_equal(bs_metrics_error(m, err, sizeof(err)), 0);
     assert_null(bs_metrics_counter(m, "", "h", NULL));
+    /* A refused registration is remembered: the agent refuses to start rather than run with a
+     * metric that silently never counts. The first refusal is the one named. */
+    assert_int_equal(bs_metrics_error(m, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "(unnamed)"));
     assert_null(bs_metrics_counter(m, "1abc_total", "h", NULL));
     assert_null(bs_metrics_counter(m, "a-b_total", "h", NULL));
     assert_null(bs_metrics_gauge(m, "bs_g", NULL, NULL));
@@ -258,6 +265,14 @@ static void test_registration(void **state)
     assert_ptr_equal(bs_metrics_counter(m, "bs_hits_total", "Hits.", NULL), hits);
     assert_null(bs_metrics_gauge(m, "bs_hits_total", "Hits.", NULL));
     assert_null(bs_metrics_counter(m, "bs_hits_total", "Other help.", NULL));
+    struct bs_metrics *m2 = bs_metrics_create();
+    assert_non_null(bs_metrics_counter(m2, "bs_hits", "Hits.", NULL));
+    assert_non_null(bs_metrics_counter(m2, "bs_hits_total", "Hits.", NULL));
+    assert_int_equal(bs_metrics_error(m2, err, sizeof(err)), 0);
+    assert_null(bs_metrics_counter(m2, "bs_hits_total", "Other help.", NULL));
+    assert_int_equal(bs_metrics_error(m2, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "bs_hits_total"));
+    bs_metrics_destroy(m2);
     assert_null(bs_metrics_counter(m, "bs_hits_total", "Hits.", "a"));
     assert_non_null(bs_metrics_gauge(m, "ns:bs_g", "Colons are allowed in names.", "a,b"));
     assert_non_null(bs_metrics_histogram(m, "bs_h", "h", "op", with_inf, 2)); /* +Inf dropped */
