@@ -1,5 +1,7 @@
 /* Structured log sink (see log.h). Writes whole lines with one write(2) so that lines from
- * concurrent threads never interleave. Does not rotate, buffer or filter by component. */
+ * concurrent threads never interleave, and escapes every control byte so that no value (a
+ * blob name, a reason from Azure) can start a line of its own. Does not rotate, buffer or
+ * filter by component. */
 #include "log.h"
 
 #include <stdarg.h>
@@ -30,9 +32,38 @@ void bs_log_set_level(int level)
     bs_log_threshold = level;
 }
 
+const char *bs_log_quote(const char *s, char *out, size_t outsz)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (!outsz)
+        return out;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        char e[4];
+        size_t n = 0;
+        if (*p == '"' || *p == '\\') {
+            e[n++] = '\\';
+            e[n++] = (char)*p;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            e[n++] = '\\';
+            e[n++] = 'x';
+            e[n++] = hex[*p >> 4];
+            e[n++] = hex[*p & 15];
+        } else {
+            e[n++] = (char)*p;
+        }
+        if (o + n + 1 > outsz)
+            break; /* cut whole escapes only */
+        memcpy(out + o, e, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 void bs_log_emit(int level, const char *component, const char *fmt, ...)
 {
-    char line[2048];
+    char line[2048], text[2048];
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -45,11 +76,23 @@ void bs_log_emit(int level, const char *component, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    int m = vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-    if (len > sizeof(line) - 2)
-        len = sizeof(line) - 2;
+    if (m < 0)
+        return;
+    /* Control bytes become \xNN; quotes are the caller's (use bs_log_quote for values). */
+    static const char hex[] = "0123456789abcdef";
+    size_t len = (size_t)n;
+    for (const unsigned char *p = (const unsigned char *)text; *p && len + 5 < sizeof(line); p++) {
+        if (*p < 0x20 || *p == 0x7f) {
+            line[len++] = '\\';
+            line[len++] = 'x';
+            line[len++] = hex[*p >> 4];
+            line[len++] = hex[*p & 15];
+        } else {
+            line[len++] = (char)*p;
+        }
+    }
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
