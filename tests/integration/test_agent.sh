@@ -510,7 +510,7 @@ case_metrics_lint() {
   chunk_post a "$(chunk_json data small.bin 0 sas https://evil.example.com/$ACCOUNT x)" "$T/bad" >/dev/null
   curl -fsS --max-time 5 "$(agent_http a)/healthz" >/dev/null || fail "/healthz"
   [ -x "$TOOLS/check-metrics.sh" ] || [ -f "$TOOLS/check-metrics.sh" ] ||
-    { echo "test_agent: tests/tools/check-metrics.sh missing: skipped" >&2; exit 77; }
+    fail "tests/tools/check-metrics.sh missing"
   bash "$TOOLS/check-metrics.sh" "$(agent_http a)/metrics" || rc=$?
   [ "$rc" = 77 ] && exit 77
   [ "$rc" = 0 ] || fail "check-metrics.sh exited $rc"

@@ -8,7 +8,8 @@ lib=$1 bare=$2
 here=$(cd "$(dirname "$0")/../.." && pwd)
 py=$(command -v python3 || true)
 if [ -z "$py" ] || ! "$py" -c 'import venv' 2>/dev/null; then
-  echo "check-install: python3 with venv not available; skipping"
+  echo "check-install: python3 with venv not available (apt-get install python3-venv)"
+  [ "${CI:-}" = true ] && exit 1 # CI installs it (scripts/setup.sh): missing is a failure
   exit 77
 fi
 tmp=$(mktemp -d)

@@ -3,7 +3,8 @@
 # (format errors and lint warnings alike). A URL (http:// or https://) is fetched with curl.
 # Empty input fails too: promtool accepts it, but it means nothing was exposed.
 # Exit: 0 clean, 1 promtool reported something (printed), 2 usage or fetch/read error,
-# 77 promtool missing (ctest SKIP_RETURN_CODE). PROMTOOL overrides the promtool binary.
+# 77 promtool missing (ctest SKIP_RETURN_CODE; under CI=true a missing tool fails: exit 1).
+# PROMTOOL overrides the promtool binary.
 # promtool comes from Debian's `prometheus` package:
 #   apt-get install -y --no-install-recommends prometheus
 set -euo pipefail
@@ -17,6 +18,7 @@ promtool=${PROMTOOL:-promtool}
 if ! command -v "$promtool" >/dev/null 2>&1; then
     echo "check-metrics: $promtool not found (apt-get install -y --no-install-recommends" \
         "prometheus)" >&2
+    [ "${CI:-}" = true ] && exit 1
     exit 77
 fi
 
