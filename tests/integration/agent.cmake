@@ -51,17 +51,26 @@ set(BS_AGENT_CASES
   corrupt_http 90
   auth_modes 90
   metrics_lint 60)
-list(LENGTH BS_AGENT_CASES n)
-math(EXPR last "${n} - 1")
-foreach(i RANGE 0 ${last} 2)
-  math(EXPR j "${i} + 1")
-  list(GET BS_AGENT_CASES ${i} case)
-  list(GET BS_AGENT_CASES ${j} timeout)
-  bs_integration_test(agent_${case}
-    TIMEOUT ${timeout}
-    COMMAND ${BS_BASH} ${CMAKE_CURRENT_LIST_DIR}/test_agent.sh ${case}
-    ENVIRONMENT ${BS_AGENT_TEST_ENV})
-endforeach()
+# bs_agent_suite(SCRIPT PREFIX case timeout case timeout ...): one CTest entry PREFIX_case per
+# case, running `SCRIPT case` with the agent binaries in its environment.
+function(bs_agent_suite script prefix)
+  set(cases ${ARGN})
+  list(LENGTH cases n)
+  if(n EQUAL 0)
+    return()
+  endif()
+  math(EXPR last "${n} - 1")
+  foreach(i RANGE 0 ${last} 2)
+    math(EXPR j "${i} + 1")
+    list(GET cases ${i} case)
+    list(GET cases ${j} timeout)
+    bs_integration_test(${prefix}_${case}
+      TIMEOUT ${timeout}
+      COMMAND ${BS_BASH} ${script} ${case}
+      ENVIRONMENT ${BS_AGENT_TEST_ENV})
+  endforeach()
+endfunction()
+bs_agent_suite(${CMAKE_CURRENT_LIST_DIR}/test_agent.sh agent ${BS_AGENT_CASES})
 # promtool missing: check-metrics.sh exits 77, reported as skipped rather than failed.
 set_tests_properties(agent_metrics_lint PROPERTIES SKIP_RETURN_CODE 77)
 # The herd and the kill/stall cases load the machine (200 threads, node proxy, Azurite).
