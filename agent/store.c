@@ -127,6 +127,7 @@ struct bs_store {
     uint64_t bytes, reserved; /* live files; puts in flight */
     uint64_t nchunks, nversions, ntenants, tmp_seq;
     uint64_t evicted_chunks, evicted_bytes, dropped_corrupt, put_errors, protect_errors;
+    uint64_t stuck_immutable; /* at scan: immutable files this run cannot unflag */
 };
 
 /* ---- small containers ---- */
@@ -761,6 +762,8 @@ static void settle_file(struct bs_store *s, int fd, const struct stat *st, const
     }
     if (s->protection == BS_STORE_PROTECT_IMMUTABLE && !imm && set_immutable(fd, true) < 0)
         s->protect_errors++;
+    if (s->protection == BS_STORE_PROTECT_NONE && imm)
+        s->stuck_immutable++;
 }
 
 /* Reads and checks the trailer of the chunk file `name` (in the fan-out directory `sub`,
@@ -1059,6 +1062,12 @@ struct bs_store *bs_store_create(const struct bs_store_opts *o, char *err, size_
     probe_protection(s, o->dir);
     if (scan(s, err, errsz) < 0)
         goto out_destroy;
+    if (s->stuck_immutable)
+        bs_log(BS_LOG_WARN, "store",
+               "event=immutable_files files=%llu msg=\"chunk files made immutable by an earlier "
+               "run cannot be evicted without CAP_LINUX_IMMUTABLE: run chattr -R -i on the "
+               "store, or give the agent the capability\"",
+               (unsigned long long)s->stuck_immutable);
     if (s->bytes > s->high) { /* the budget was lowered since the last run */
         struct list victims;
         list_init(&victims);
