@@ -37,6 +37,10 @@ store_need_root() {
   return 1
 }
 
+# store_wait_fills SIZE: every chunk of a SIZE-byte blob filled by agent a (a slow agent may
+# have answered CACHEMISS and finished the fill after the load).
+store_wait_fills() { wait_metric a "$FETCHES" "$(chunks_of "$1")" 60; }
+
 # Chunk files of the store of agent ID, one per line, sorted.
 store_files() { find "$T/$1/store" -name '*.chunk' | sort; }
 
@@ -61,12 +65,13 @@ case_store_modes() {
   agent_start a
   umask "$old"
   load cold sharedkey "$(agent_sock a)" data "$STORE_BLOB" "$size" 61
+  store_wait_fills "$size"
   store_modes_check
   # The way to the store open to all, as a hostPath mount shows it to a pod: only the store's
   # own modes may keep other uids out.
   chmod 0711 "$T" "$T/a"
   # Another uid (a pod with a hostPath over the store, not the agent's user) reads nothing.
-  f=$(store_files a | head -n1)
+  f=$(store_files a | sed -n 1p)
   if setpriv --reuid=65534 --regid=65534 --clear-groups cat "$f" >/dev/null 2>&1; then
     fail "uid 65534 read chunk file $f"
   fi
@@ -90,15 +95,15 @@ case_store_modes() {
 # Every directory of the store 0700, every chunk file 0400, lock 0600, all of the agent's uid.
 store_modes_check() {
   local bad n
-  bad=$(find "$T/a/store" -type d ! -perm 0700 | head -n3)
+  bad=$(find "$T/a/store" -type d ! -perm 0700 | sed -n 1,3p)
   [ -z "$bad" ] || fail "store directories not 0700: $bad ($(stat -c %a "${bad%%$'\n'*}"))"
   n=$(find "$T/a/store" -type d | wc -l)
   expect_eq "store directories (store, tmp, 256 fan-out), all 0700" "$n" 258
-  bad=$(find "$T/a/store" -type f -name '*.chunk' ! -perm 0400 | head -n3)
+  bad=$(find "$T/a/store" -type f -name '*.chunk' ! -perm 0400 | sed -n 1,3p)
   [ -z "$bad" ] || fail "chunk files not 0400: $bad ($(stat -c %a "${bad%%$'\n'*}"))"
   expect_ge "chunk files, all 0400" "$(store_files a | wc -l)" 1
   expect_eq "lock file mode" "$(stat -c %a "$T/a/store/lock")" 600
-  bad=$(find "$T/a/store" ! -uid "$(id -u)" | head -n3)
+  bad=$(find "$T/a/store" ! -uid "$(id -u)" | sed -n 1,3p)
   [ -z "$bad" ] || fail "store entries not of the agent's uid: $bad"
 }
 
@@ -111,6 +116,7 @@ case_store_tamper() {
   upload http data "$STORE_BLOB" 62 "$size"
   agent_start a
   load cold sharedkey "$(agent_sock a)" data "$STORE_BLOB" "$size" 62
+  store_wait_fills "$size"
   # The attacker: root in a container with default capabilities (no CAP_LINUX_IMMUTABLE).
   for chunk in 0 1; do
     out=$T/tamper$chunk.out
@@ -118,7 +124,7 @@ case_store_tamper() {
     store_client_run setpriv --bounding-set=-linux_immutable --inh-caps=-linux_immutable \
       "$(store_client)" --chunk "$chunk" --tamper >"$out" 2>&1 || rc=$?
     sed "s/^/  chunk $chunk: /" "$out"
-    grep -q '^status=hit ' "$out" || fail "chunk $chunk: not served as a hit: $(head -n1 "$out")"
+    grep -q '^status=hit ' "$out" || fail "chunk $chunk: not served from the store: $(head -n1 "$out")"
     [ "$rc" = 0 ] || fail "chunk $chunk: a root client changed the chunk (exit $rc): $(grep -v 'errno=EPERM' "$out" | tail -n +2 | tr '\n' ' ')"
   done
   log "ok: every attack on both chunks refused with EPERM"
@@ -145,8 +151,9 @@ case_store_link_chunk() {
   upload http data "$STORE_BLOB" 63 "$size"
   agent_start a
   load cold sharedkey "$(agent_sock a)" data "$STORE_BLOB" "$size" 63
+  store_wait_fills "$size"
   # A root-only file the size of a chunk file, recognisable by its content.
-  f=$(store_files a | head -n1)
+  f=$(store_files a | sed -n 1p)
   printf 'ROOT-ONLY-SECRET\n' >"$secret"
   while [ "$(stat -c %s "$secret")" -lt "$(stat -c %s "$f")" ]; do
     cat "$secret" "$secret" >"$secret.2"
@@ -191,11 +198,12 @@ case_store_link_fanout() {
   upload http data "$STORE_BLOB" 64 "$size"
   agent_start a
   load cold sharedkey "$(agent_sock a)" data "$STORE_BLOB" "$size" 64
+  store_wait_fills "$size"
   agent_stop a TERM
   # The fan-out directory of one chunk becomes a link to a directory holding a decoy that
   # looks like a damaged chunk file (what the scan deletes), and tmp/ one to a directory
   # holding a decoy "partial" file.
-  f=$(store_files a | head -n1)
+  f=$(store_files a | sed -n 1p)
   sub=$(dirname "$f")
   n_sub=$(find "$sub" -name '*.chunk' | wc -l)
   mkdir -p "$victim" "$tmpvictim"
@@ -231,6 +239,10 @@ case_store_tenant_share() {
   READ_ENV=()
   load b-cold conn-http "$(agent_sock a)" data "$b_blob" "$b_size" 66
   load b-again conn-http "$(agent_sock a)" data "$b_blob" "$b_size" 66 --threads 3
+  # Fills finish after a slow agent (a sanitizer build) answered CACHEMISS: wait for all of
+  # them (A's 2 and B's 13 chunks at least) before looking at the store.
+  wait_metric a "$FETCHES" $((2 + $(chunks_of "$b_size"))) 60
+  wait_metric a blobswarm_store_evicted_chunks_total 1 30
   snap a 1
   expect_le "store bytes" "$(mval 1 blobswarm_store_bytes)" "$budget"
   expect_ge "evicted chunks (B's own)" "$(mval 1 blobswarm_store_evicted_chunks_total)" 1
