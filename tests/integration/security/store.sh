@@ -246,6 +246,7 @@ case_store_tenant_share() {
   snap a 1
   expect_le "store bytes" "$(mval 1 blobswarm_store_bytes)" "$budget"
   expect_ge "evicted chunks (B's own)" "$(mval 1 blobswarm_store_evicted_chunks_total)" 1
+  # shellcheck disable=SC2034 # read by load (agentlib.sh)
   READ_ENV=("BLOBSWARM_BLOB_ENDPOINT=$PROXY_EP")
   proxy_reset
   load a-warm sharedkey "$(agent_sock a)" data "$a_blob" "$a_size" 65
