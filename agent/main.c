@@ -275,9 +275,16 @@ int main(int argc, char **argv)
     }
     struct bs_store_stats st;
     bs_store_get_stats(store, &st);
-    bs_log(BS_LOG_INFO, "agent", "event=store_open dir=\"%s\" chunks=%llu bytes=%llu dropped=%llu",
+    bs_log(BS_LOG_INFO, "agent",
+           "event=store_open dir=\"%s\" chunks=%llu bytes=%llu dropped=%llu tamper_protection=%s",
            cfg.store_dir, (unsigned long long)st.chunks, (unsigned long long)st.bytes,
-           (unsigned long long)st.dropped_corrupt);
+           (unsigned long long)st.dropped_corrupt, bs_store_protection_name(st.protection));
+    /* Decided once at start (store.h): 1 on the series of the mode in use. */
+    bs_metric_set(bs_metrics_gauge(metrics, "blobswarm_store_tamper_protection",
+                                   "How chunk files are kept from being rewritten: 1 for the "
+                                   "mode in use (immutable, none).",
+                                   "mode"),
+                  bs_store_protection_name(st.protection), 1);
 
     struct bs_fetch_opts fo = {
         .io_threads = 2,

@@ -1,7 +1,11 @@
-/* The node's chunk store (see store.h): one immutable file per chunk, [data][trailer], named by
- * the SHA-256 of its key in a 256-way fan-out directory; an in-memory index rebuilt at start
- * from the trailers alone; byte accounting against a budget with high/low watermarks; LRU
- * eviction of whole unused blob versions first, then of single unpinned chunks.
+/* The node's chunk store (see store.h): one immutable file per chunk, [data][trailer] (format
+ * in trailer.h), named by the SHA-256 of its key in a 256-way fan-out directory; an in-memory
+ * index rebuilt at start from the trailers alone; byte accounting against a budget with
+ * high/low watermarks; eviction from the tenant holding the most bytes, its least recently
+ * used unpinned blob version whole, else a single unpinned chunk.
+ * Every path it touches is relative to the store's directory descriptor, one component at a
+ * time, never following a link (O_NOFOLLOW); files and directories are the agent's alone
+ * (0400 / 0700) and, where the filesystem and capabilities allow, immutable once written.
  * It does not fetch, and does not check data CRCs itself: readers verify the blocks they read
  * with bs_chunk_verify and report bad chunks with bs_store_drop. */
 #include "store.h"
@@ -9,12 +13,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,40 +28,29 @@
 
 #include "crc32c.h"
 #include "log.h"
+#include "trailer.h"
 
-/* Limits, checked at create (options) and put (keys, sizes). */
-#define MAX_KEY_FIELD   1024u        /* bytes of account, container, blob or ETag */
-#define MAX_CHUNK_BYTES (256u << 20) /* data bytes of one chunk */
-#define MIN_BLOCK_SIZE  4096u
-#define MAX_BLOCK_SIZE  (16u << 20)
-#define MAX_BLOCKS      (MAX_CHUNK_BYTES / MIN_BLOCK_SIZE)
-
-/* Trailer, all integers little-endian:
- *   head  u32 magic "BSCK", u16 format version, u16 flags (0), u32 block_size, u32 nblocks,
- *         u64 data_len, u64 index                                             (32 bytes)
- *   key   account, container, blob, etag, each u16 length + bytes
- *   crcs  u32 CRC-32C of each block, the last block possibly short
- *   foot  u32 CRC-32C of everything above, u32 trailer length (all four parts),
- *         u32 end magic "BSCE"                                                (12 bytes)
- * A scan reads the foot from the end of the file, then the trailer, and checks both without
- * touching the data. The file is DIR/ab/<hex SHA-256 of (key encoding, u64 index)>.chunk,
- * "ab" its first two hex digits; puts write DIR/tmp/ first; DIR/lock is held (flock) by the
- * one store that uses DIR. */
-#define TRAILER_MAGIC   0x4b435342u /* "BSCK" */
-#define TRAILER_END     0x45435342u /* "BSCE" */
-#define TRAILER_VERSION 1
-#define TRAILER_HEAD    32
-#define TRAILER_FOOT    12
-#define KEY_ENC_MAX     (4 * (2 + MAX_KEY_FIELD))
-#define TRAILER_MAX     (TRAILER_HEAD + KEY_ENC_MAX + 4 * MAX_BLOCKS + TRAILER_FOOT)
-
-#define ID_LEN        32                        /* SHA-256 */
-#define NAME_SIZE     (3 + 64 + 6 + 1)          /* "ab/<64 hex>.chunk" */
-#define TMP_NAME_SIZE (4 + 64 + 1 + 20 + 4 + 1) /* "tmp/<64 hex>.<seq>.tmp" */
+/* Layout: DIR/ab/<hex SHA-256 of (key encoding, u64 index)>.chunk, "ab" its first two hex
+ * digits; puts write DIR/tmp/ first; DIR/lock is held (flock) by the one store that uses DIR.
+ * Modes are set with fchmod after creation, whatever the umask. */
+#define ID_LEN        32                     /* SHA-256 */
+#define HEX_LEN       (2 * ID_LEN)           /* a file name's digits */
+#define SUB_SIZE      3                      /* "ab" */
+#define FILE_SIZE     (HEX_LEN + 6 + 1)      /* "<64 hex>.chunk" */
+#define TMP_NAME_SIZE (HEX_LEN + 1 + 20 + 5) /* "<64 hex>.<seq>.tmp" */
 #define CHUNK_SUFFIX  ".chunk"
 #define TMP_DIR       "tmp"
 #define LOCK_FILE     "lock"
+#define PROBE_FILE    "protection-probe.tmp"
+#define DIR_MODE      0700
+#define FILE_MODE     0400 /* chunk files once written */
+#define TMP_MODE      0600 /* while being written */
+#define LOCK_MODE     0600
 #define MAP_BUCKETS0  1024
+/* Opening an entry of the store: never through a link, never blocking on a FIFO or device
+ * planted there, never becoming a controlling terminal. */
+#define OPEN_ENTRY (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+#define OPEN_DIR   (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 #define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
 
@@ -73,12 +68,25 @@ struct map {
     size_t mask, n;
 };
 
+/* Whose bytes these are: the key's account field up to its first '#' (the endpoint URL for
+ * the agent, which appends "#grid=..."). Eviction takes from the tenant holding the most. */
+struct tenant {
+    struct hnode h;       /* SHA-256 of the name */
+    struct list all;      /* in s->tenants */
+    struct list versions; /* its versions, least recently used first */
+    struct list chunks;   /* its live chunks, least recently used first */
+    uint64_t bytes;       /* its live chunk files */
+    uint64_t nversions;
+    bool stuck; /* during one eviction: nothing of it can go */
+};
+
 /* All chunks of one blob version (account, container, blob, ETag). */
 struct version {
     struct hnode h;     /* SHA-256 of the key encoding without the index */
-    struct list lru;    /* in s->version_lru, least recently used first */
+    struct tenant *t;   /* its tenant */
+    struct list lru;    /* in t->versions */
     struct list chunks; /* its live chunks */
-    uint64_t nchunks;
+    uint64_t nchunks, bytes;
     uint32_t refs;    /* references held on its live chunks */
     uint32_t pending; /* puts in flight */
 };
@@ -95,7 +103,7 @@ struct bs_chunk_ref {
     struct hnode h; /* SHA-256 of the whole key: names the file */
     struct bs_store *store;
     struct version *ver; /* NULL unless live */
-    struct list lru;     /* in s->chunk_lru while live; in a victim list while removing */
+    struct list lru;     /* in ver->t->chunks while live; in a victim list while removing */
     struct list in_ver;  /* in ver->chunks while live */
     enum chunk_state state;
     bool in_map;
@@ -106,17 +114,20 @@ struct bs_chunk_ref {
 };
 
 struct bs_store {
-    int dirfd, lockfd;
+    int dirfd, tmpfd, lockfd;
+    uid_t uid; /* ours: every file and directory of the store belongs to it */
+    enum bs_store_protection protection;
     uint64_t budget, high, low; /* bytes */
     uint32_t block_size;
 
     pthread_mutex_t lock;
     pthread_cond_t removed; /* broadcast when removing chunks leave the index */
-    struct map chunks, versions;
-    struct list chunk_lru, version_lru;
+    struct map chunks, versions, tenants;
+    struct list tenant_list;
     uint64_t bytes, reserved; /* live files; puts in flight */
-    uint64_t nchunks, nversions, tmp_seq;
-    uint64_t evicted_chunks, evicted_bytes, dropped_corrupt, put_errors;
+    uint64_t nchunks, nversions, ntenants, tmp_seq;
+    uint64_t evicted_chunks, evicted_bytes, dropped_corrupt, put_errors, protect_errors;
+    uint64_t stuck_immutable; /* at scan: immutable files this run cannot unflag */
 };
 
 /* ---- small containers ---- */
@@ -210,47 +221,14 @@ static void map_remove(struct map *m, struct hnode *h)
         }
 }
 
-/* ---- encodings ---- */
-
-static void put_le16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-}
-
-static void put_le32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void put_le64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint16_t get_le16(const unsigned char *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get_le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_le64(const unsigned char *p)
-{
-    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
-}
+/* ---- keys and names ---- */
 
 static uint32_t blocks_of(uint64_t len, uint32_t block_size)
 {
     return (uint32_t)(len / block_size + (len % block_size != 0));
 }
 
-/* Writes the key's four strings as u16 length + bytes into enc (KEY_ENC_MAX bytes);
+/* Writes the key's four strings as u16 length + bytes into enc (BS_KEY_ENC_MAX bytes);
  * *enclen gets the length. -EINVAL with a message for a missing, empty or too long field. */
 static int encode_key(const struct bs_chunk_key *k, unsigned char *enc, size_t *enclen, char *err,
                       size_t errsz)
@@ -263,13 +241,13 @@ static int encode_key(const struct bs_chunk_key *k, unsigned char *enc, size_t *
     static const char *const names[4] = {"account", "container", "blob", "etag"};
     size_t n = 0;
     for (int i = 0; i < 4; i++) {
-        size_t len = fields[i] ? strnlen(fields[i], MAX_KEY_FIELD + 1) : 0;
-        if (len == 0 || len > MAX_KEY_FIELD) {
+        size_t len = fields[i] ? strnlen(fields[i], BS_CHUNK_MAX_KEY_FIELD + 1) : 0;
+        if (len == 0 || len > BS_CHUNK_MAX_KEY_FIELD) {
             snprintf(err, errsz, "chunk key: %s is %s", names[i],
                      len ? "longer than 1024 bytes" : "missing or empty");
             return -EINVAL;
         }
-        put_le16(enc + n, (uint16_t)len);
+        bs_put_le16(enc + n, (uint16_t)len);
         memcpy(enc + n + 2, fields[i], len);
         n += 2 + len;
     }
@@ -278,97 +256,99 @@ static int encode_key(const struct bs_chunk_key *k, unsigned char *enc, size_t *
 }
 
 /* cid = SHA-256(key encoding, u64 index): names the chunk. vid (if not NULL) =
- * SHA-256(key encoding): names the blob version. enc must have 8 spare bytes after enclen. */
+ * SHA-256(key encoding): names the blob version; tid (if not NULL) = SHA-256 of the account
+ * field up to its first '#': names the tenant. enc must have 8 spare bytes after enclen. */
 static int key_ids(unsigned char *enc, size_t enclen, uint64_t index, unsigned char *cid,
-                   unsigned char *vid)
+                   unsigned char *vid, unsigned char *tid)
 {
-    put_le64(enc + enclen, index);
+    bs_put_le64(enc + enclen, index);
     if (!EVP_Digest(enc, enclen + 8, cid, NULL, EVP_sha256(), NULL))
         return -ENOMEM;
     if (vid && !EVP_Digest(enc, enclen, vid, NULL, EVP_sha256(), NULL))
         return -ENOMEM;
+    if (tid) {
+        size_t alen = bs_get_le16(enc);
+        const unsigned char *hash = memchr(enc + 2, '#', alen);
+        if (hash)
+            alen = (size_t)(hash - (enc + 2));
+        if (!EVP_Digest(enc + 2, alen, tid, NULL, EVP_sha256(), NULL))
+            return -ENOMEM;
+    }
     return 0;
 }
 
-/* "ab/abcdef....chunk" */
-static void chunk_name(const unsigned char *id, char *name)
+/* sub = "ab", file = "abcdef....chunk" */
+static void chunk_name(const unsigned char *id, char *sub, char *file)
 {
     static const char hex[] = "0123456789abcdef";
-    char *p = name;
-    *p++ = hex[id[0] >> 4];
-    *p++ = hex[id[0] & 15];
-    *p++ = '/';
+    char *p = file;
     for (int i = 0; i < ID_LEN; i++) {
         *p++ = hex[id[i] >> 4];
         *p++ = hex[id[i] & 15];
     }
     memcpy(p, CHUNK_SUFFIX, sizeof(CHUNK_SUFFIX));
-}
-
-static size_t trailer_len(size_t enclen, uint32_t nblocks)
-{
-    return TRAILER_HEAD + enclen + 4 * (size_t)nblocks + TRAILER_FOOT;
-}
-
-static void build_trailer(unsigned char *t, const struct bs_chunk_ref *c, uint64_t index,
-                          const unsigned char *enc, size_t enclen)
-{
-    size_t tlen = trailer_len(enclen, c->nblocks);
-    put_le32(t, TRAILER_MAGIC);
-    put_le16(t + 4, TRAILER_VERSION);
-    put_le16(t + 6, 0);
-    put_le32(t + 8, c->block_size);
-    put_le32(t + 12, c->nblocks);
-    put_le64(t + 16, c->data_len);
-    put_le64(t + 24, index);
-    memcpy(t + TRAILER_HEAD, enc, enclen);
-    unsigned char *p = t + TRAILER_HEAD + enclen;
-    for (uint32_t i = 0; i < c->nblocks; i++, p += 4)
-        put_le32(p, c->crcs[i]);
-    put_le32(p, bs_crc32c(0, t, tlen - TRAILER_FOOT));
-    put_le32(p + 4, (uint32_t)tlen);
-    put_le32(p + 8, TRAILER_END);
-}
-
-struct trailer {
-    uint32_t block_size, nblocks;
-    uint64_t data_len, index;
-    const unsigned char *enc, *crcs;
-    size_t enclen;
-};
-
-/* Parses a whole trailer whose own CRC has been checked. NULL, or what is wrong. */
-static const char *parse_trailer(const unsigned char *t, size_t tlen, struct trailer *out)
-{
-    if (get_le32(t) != TRAILER_MAGIC)
-        return "bad trailer magic";
-    if (get_le16(t + 4) != TRAILER_VERSION || get_le16(t + 6) != 0)
-        return "unknown trailer version";
-    out->block_size = get_le32(t + 8);
-    out->nblocks = get_le32(t + 12);
-    out->data_len = get_le64(t + 16);
-    out->index = get_le64(t + 24);
-    uint32_t bs = out->block_size;
-    if (bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)))
-        return "block size out of range";
-    if (out->data_len > MAX_CHUNK_BYTES || out->nblocks != blocks_of(out->data_len, bs))
-        return "data length and block count disagree";
-    size_t n = TRAILER_HEAD;
-    for (int i = 0; i < 4; i++) {
-        if (n + 2 > tlen)
-            return "key runs past the trailer";
-        size_t len = get_le16(t + n);
-        if (len == 0 || len > MAX_KEY_FIELD || n + 2 + len > tlen)
-            return "bad key field length";
-        if (memchr(t + n + 2, 0, len))
-            return "NUL byte in a key field";
-        n += 2 + len;
+    if (sub) {
+        sub[0] = file[0];
+        sub[1] = file[1];
+        sub[2] = '\0';
     }
-    out->enc = t + TRAILER_HEAD;
-    out->enclen = n - TRAILER_HEAD;
-    out->crcs = t + n;
-    if (trailer_len(out->enclen, out->nblocks) != tlen)
-        return "trailer length disagrees with its contents";
+}
+
+/* ---- files: every access one component at a time from a directory descriptor ---- */
+
+static int open_sub(const struct bs_store *s, const char *sub)
+{
+    int fd = openat(s->dirfd, sub, OPEN_DIR);
+    return fd >= 0 ? fd : -errno;
+}
+
+/* Sets (on) or clears FS_IMMUTABLE_FL on the regular file fd. 0 or -errno. */
+static int set_immutable(int fd, bool on)
+{
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) < 0)
+        return -errno;
+    int want = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
+    if (want != flags && ioctl(fd, FS_IOC_SETFLAGS, &want) < 0)
+        return -errno;
+    return 0;
+}
+
+static bool is_immutable(int fd)
+{
+    int flags = 0;
+    return ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_IMMUTABLE_FL);
+}
+
+/* Removes the entry `name` of the directory subfd: a regular file of ours loses its immutable
+ * flag first; anything else (a link, a file planted there) is removed itself, never what it
+ * points to. 0 or -errno (-ENOENT: nothing there). */
+static int remove_entry(const struct bs_store *s, int subfd, const char *name)
+{
+    int fd = openat(subfd, name, OPEN_ENTRY);
+    if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == s->uid)
+            set_immutable(fd, false); /* fails harmlessly where it was never set */
+        close(fd);
+    }
+    return unlinkat(subfd, name, 0) == 0 ? 0 : -errno;
+}
+
+/* What the store expects of one of its chunk files, given its descriptor: a regular file of
+ * ours, not linked elsewhere, of `size` bytes (0: any). NULL, or what is wrong. */
+static const char *check_file(const struct bs_store *s, int fd, uint64_t size, struct stat *st)
+{
+    if (fstat(fd, st) < 0)
+        return "cannot be examined";
+    if (!S_ISREG(st->st_mode))
+        return "not a regular file";
+    if (st->st_uid != s->uid)
+        return "not owned by the agent's uid";
+    if (st->st_nlink != 1)
+        return "has other links";
+    if (size && (uint64_t)st->st_size != size)
+        return "not of the size the store wrote";
     return NULL;
 }
 
@@ -376,35 +356,86 @@ static const char *parse_trailer(const unsigned char *t, size_t tlen, struct tra
 
 static void touch(struct bs_store *s, struct bs_chunk_ref *c)
 {
-    list_move_tail(&s->chunk_lru, &c->lru);
-    list_move_tail(&s->version_lru, &c->ver->lru);
+    (void)s;
+    list_move_tail(&c->ver->t->chunks, &c->lru);
+    list_move_tail(&c->ver->t->versions, &c->ver->lru);
 }
 
-/* The version `vid`, created from *spare (taken: set to NULL) if it does not exist. */
+/* The spare records a put or a scan entry needs; version_get takes what it uses. */
+struct spares {
+    struct version *v;
+    struct tenant *t;
+};
+
+static int spares_fill(struct spares *sp)
+{
+    if (!sp->v)
+        sp->v = calloc(1, sizeof(*sp->v));
+    if (!sp->t)
+        sp->t = calloc(1, sizeof(*sp->t));
+    return sp->v && sp->t ? 0 : -ENOMEM;
+}
+
+static void spares_free(struct spares *sp)
+{
+    free(sp->v);
+    free(sp->t);
+    sp->v = NULL;
+    sp->t = NULL;
+}
+
+static struct tenant *tenant_get(struct bs_store *s, const unsigned char *tid, struct spares *sp)
+{
+    struct hnode *h = map_find(&s->tenants, tid);
+    if (h)
+        return container_of(h, struct tenant, h);
+    struct tenant *t = sp->t;
+    sp->t = NULL;
+    memcpy(t->h.id, tid, ID_LEN);
+    list_init(&t->versions);
+    list_init(&t->chunks);
+    list_add_tail(&s->tenant_list, &t->all);
+    map_insert(&s->tenants, &t->h);
+    s->ntenants++;
+    return t;
+}
+
+/* The version `vid` of tenant `tid`, created from the spares if it does not exist. */
 static struct version *version_get(struct bs_store *s, const unsigned char *vid,
-                                   struct version **spare)
+                                   const unsigned char *tid, struct spares *sp)
 {
     struct hnode *h = map_find(&s->versions, vid);
     if (h)
         return container_of(h, struct version, h);
-    struct version *v = *spare;
-    *spare = NULL;
+    struct tenant *t = tenant_get(s, tid, sp);
+    struct version *v = sp->v;
+    sp->v = NULL;
     memcpy(v->h.id, vid, ID_LEN);
+    v->t = t;
     list_init(&v->chunks);
-    list_add_tail(&s->version_lru, &v->lru);
+    list_add_tail(&t->versions, &v->lru);
+    t->nversions++;
     map_insert(&s->versions, &v->h);
     s->nversions++;
     return v;
 }
 
+/* Frees v if it has no chunk and no put in flight, and its tenant if that was its last. */
 static void version_free_if_unused(struct bs_store *s, struct version *v)
 {
     if (v->nchunks || v->pending)
         return;
+    struct tenant *t = v->t;
     map_remove(&s->versions, &v->h);
     list_del(&v->lru);
     free(v);
     s->nversions--;
+    if (--t->nversions)
+        return;
+    map_remove(&s->tenants, &t->h);
+    list_del(&t->all);
+    free(t);
+    s->ntenants--;
 }
 
 /* A pending (or, at scan, new) chunk becomes live in version v, most recently used. */
@@ -414,9 +445,11 @@ static void chunk_go_live(struct bs_store *s, struct bs_chunk_ref *c, struct ver
     c->ver = v;
     list_add_tail(&v->chunks, &c->in_ver);
     v->nchunks++;
+    v->bytes += c->file_bytes;
     list_init(&c->lru);
-    list_add_tail(&s->chunk_lru, &c->lru);
-    list_move_tail(&s->version_lru, &v->lru);
+    list_add_tail(&v->t->chunks, &c->lru);
+    list_move_tail(&v->t->versions, &v->lru);
+    v->t->bytes += c->file_bytes;
     s->bytes += c->file_bytes;
     s->nchunks++;
 }
@@ -430,7 +463,9 @@ static void chunk_detach(struct bs_store *s, struct bs_chunk_ref *c, struct list
     list_del(&c->lru);
     list_del(&c->in_ver);
     v->nchunks--;
+    v->bytes -= c->file_bytes;
     v->refs -= c->refs;
+    v->t->bytes -= c->file_bytes;
     c->ver = NULL;
     c->state = CHUNK_REMOVING;
     s->bytes -= c->file_bytes;
@@ -450,31 +485,57 @@ static void evict_one(struct bs_store *s, struct bs_chunk_ref *c, struct list *v
     chunk_detach(s, c, victims);
 }
 
-/* Makes room for `need` more bytes down to the low watermark, least recently used first:
- * whole blob versions that no reader holds and no put is filling, then single chunks that no
- * reader holds. Victims are detached into `victims` for remove_files(). */
-static void evict(struct bs_store *s, uint64_t need, struct list *victims)
+/* Evicts from tenant t, without taking it below `floor` bytes, its least recently used blob
+ * version that no reader holds and no put is filling, whole; else its least recently used
+ * chunk no reader holds. May free t. false if nothing of t can go. */
+static bool evict_from(struct bs_store *s, struct tenant *t, uint64_t floor, struct list *victims)
 {
-    uint64_t target = s->low > need ? s->low - need : 0;
-    for (struct list *e = s->version_lru.next, *next; e != &s->version_lru && over(s, target);
-         e = next) {
-        next = e->next;
+    for (struct list *e = t->versions.next; e != &t->versions; e = e->next) {
         struct version *v = container_of(e, struct version, lru);
-        if (v->refs || v->pending)
+        if (v->refs || v->pending || !v->nchunks || t->bytes - v->bytes < floor)
             continue;
         while (!list_empty(&v->chunks))
             evict_one(s, container_of(v->chunks.next, struct bs_chunk_ref, in_ver), victims);
         version_free_if_unused(s, v);
+        return true;
     }
-    for (struct list *e = s->chunk_lru.next, *next; e != &s->chunk_lru && over(s, target);
-         e = next) {
-        next = e->next;
+    for (struct list *e = t->chunks.next; e != &t->chunks; e = e->next) {
         struct bs_chunk_ref *c = container_of(e, struct bs_chunk_ref, lru);
-        if (c->refs)
+        if (c->refs || t->bytes - c->file_bytes < floor)
             continue;
         struct version *v = c->ver;
         evict_one(s, c, victims);
         version_free_if_unused(s, v);
+        return true;
+    }
+    return false;
+}
+
+/* Makes room for `need` more bytes down to the low watermark. Each victim comes from the
+ * tenant that holds the most bytes: a tenant filling the store evicts itself first. A put
+ * of tenant `putter` (NULL at start-up) never takes another tenant below an equal share of
+ * the budget (budget / tenants present): past that the put finds no room. Victims are
+ * detached into `victims` for remove_files(). */
+static void evict(struct bs_store *s, uint64_t need, const struct tenant *putter,
+                  struct list *victims)
+{
+    uint64_t target = s->low > need ? s->low - need : 0;
+    for (struct list *e = s->tenant_list.next; e != &s->tenant_list; e = e->next)
+        container_of(e, struct tenant, all)->stuck = false;
+    while (over(s, target)) {
+        uint64_t share = s->ntenants ? s->budget / s->ntenants : s->budget;
+        struct tenant *best = NULL;
+        for (struct list *e = s->tenant_list.next; e != &s->tenant_list; e = e->next) {
+            struct tenant *t = container_of(e, struct tenant, all);
+            if (t->stuck || (putter && t != putter && t->bytes <= share))
+                continue;
+            if (!best || t->bytes > best->bytes)
+                best = t;
+        }
+        if (!best)
+            return;
+        if (!evict_from(s, best, putter && best != putter ? share : 0, victims))
+            best->stuck = true;
     }
 }
 
@@ -486,11 +547,15 @@ static void remove_files(struct bs_store *s, struct list *victims)
         return;
     for (struct list *e = victims->next; e != victims; e = e->next) {
         struct bs_chunk_ref *c = container_of(e, struct bs_chunk_ref, lru);
-        char name[NAME_SIZE];
-        chunk_name(c->h.id, name);
-        if (unlinkat(s->dirfd, name, 0) < 0 && errno != ENOENT)
-            bs_log(BS_LOG_WARN, "store", "event=unlink_failed file=%s error=\"%s\"", name,
-                   strerror(errno));
+        char sub[SUB_SIZE], name[FILE_SIZE];
+        chunk_name(c->h.id, sub, name);
+        int subfd = open_sub(s, sub);
+        int rc = subfd >= 0 ? remove_entry(s, subfd, name) : subfd;
+        if (rc < 0 && rc != -ENOENT)
+            bs_log(BS_LOG_WARN, "store", "event=unlink_failed file=%s/%s error=\"%s\"", sub, name,
+                   strerror(-rc));
+        if (subfd >= 0)
+            close(subfd);
     }
     pthread_mutex_lock(&s->lock);
     for (struct list *e = victims->next, *next; e != victims; e = next) {
@@ -511,9 +576,36 @@ static struct bs_chunk_ref *chunk_new(uint32_t nblocks)
     return calloc(1, sizeof(struct bs_chunk_ref) + (size_t)nblocks * sizeof(uint32_t));
 }
 
-/* ---- start-up: options, directories, scan ---- */
+/* Takes the live chunk `cid` out of the index and its file off the disk, counted in
+ * dropped_corrupt; only if it is still the record `only` when that is not NULL. */
+static void drop_chunk(struct bs_store *s, const unsigned char *cid,
+                       const struct bs_chunk_ref *only, const char *reason)
+{
+    struct list victims;
+    list_init(&victims);
+    pthread_mutex_lock(&s->lock);
+    struct hnode *h = map_find(&s->chunks, cid);
+    struct bs_chunk_ref *c = h ? container_of(h, struct bs_chunk_ref, h) : NULL;
+    if (c && c->state == CHUNK_LIVE && (!only || c == only)) {
+        struct version *v = c->ver;
+        chunk_detach(s, c, &victims);
+        version_free_if_unused(s, v);
+        s->dropped_corrupt++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!list_empty(&victims)) {
+        char sub[SUB_SIZE], name[FILE_SIZE];
+        chunk_name(cid, sub, name);
+        bs_log(BS_LOG_WARN, "store", "event=dropped_corrupt file=%s/%s reason=\"%s\"", sub, name,
+               reason);
+    }
+    remove_files(s, &victims);
+}
 
-static int mkdir_p(const char *path)
+/* ---- start-up: options, directories, protection, scan ---- */
+
+/* Creates the parents of the store directory (mode 0755: they are not the store's). */
+static int mkdir_parents(const char *path)
 {
     char buf[4096];
     size_t len = strlen(path);
@@ -528,15 +620,61 @@ static int mkdir_p(const char *path)
             return -errno;
         *p = '/';
     }
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-        return -errno;
     return 0;
 }
 
-/* Deletes what puts interrupted by a crash left in tmp/. */
+/* Opens the directory `name` of parent (AT_FDCWD: a path), creating it 0700. Something else
+ * in its place inside the store (a link, a file) is removed, never followed; a directory of
+ * another uid is refused; a wider mode is tightened to 0700. The fd, or -errno with a message. */
+static int ensure_dir(struct bs_store *s, int parent, const char *name, char *err, size_t errsz)
+{
+    for (int attempt = 0;; attempt++) {
+        if (mkdirat(parent, name, DIR_MODE) < 0 && errno != EEXIST) {
+            int rc = -errno;
+            snprintf(err, errsz, "store: cannot create %s: %s", name, strerror(-rc));
+            return rc;
+        }
+        int fd = openat(parent, name, OPEN_DIR);
+        if (fd < 0 && (errno == ELOOP || errno == ENOTDIR) && parent != AT_FDCWD && attempt == 0) {
+            int rc = unlinkat(parent, name, 0) == 0 ? 0 : -errno;
+            bs_log(BS_LOG_WARN, "store", "event=foreign_entry_removed entry=%s what=\"%s\"%s%s",
+                   name, "not a directory (a link?) in place of a store directory",
+                   rc ? " error=" : "", rc ? strerror(-rc) : "");
+            continue;
+        }
+        if (fd < 0) {
+            int rc = -errno;
+            snprintf(err, errsz, "store: cannot open %s%s: %s", name,
+                     rc == -ELOOP || rc == -ENOTDIR ? " as a directory (not following links)" : "",
+                     strerror(-rc));
+            return rc;
+        }
+        struct stat st;
+        if (fstat(fd, &st) < 0 || st.st_uid != s->uid) {
+            snprintf(err, errsz, "store: %s is owned by uid %u, not the agent's uid %u", name,
+                     (unsigned)st.st_uid, (unsigned)s->uid);
+            close(fd);
+            return -EPERM;
+        }
+        if ((st.st_mode & 07777) != DIR_MODE) {
+            if (fchmod(fd, DIR_MODE) < 0) {
+                int rc = -errno;
+                snprintf(err, errsz, "store: cannot restrict %s to mode 0700: %s", name,
+                         strerror(-rc));
+                close(fd);
+                return rc;
+            }
+            bs_log(BS_LOG_INFO, "store", "event=mode_tightened entry=%s from=%04o to=%04o", name,
+                   (unsigned)(st.st_mode & 07777), DIR_MODE);
+        }
+        return fd;
+    }
+}
+
+/* Deletes what puts interrupted by a crash left in tmp/ (links themselves, never targets). */
 static void clean_tmp(struct bs_store *s)
 {
-    int fd = openat(s->dirfd, TMP_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = dup(s->tmpfd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
         if (fd >= 0)
@@ -546,7 +684,8 @@ static void clean_tmp(struct bs_store *s)
     unsigned removed = 0;
     for (struct dirent *de; (de = readdir(d));) {
         size_t n = strlen(de->d_name);
-        if (n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0 && unlinkat(fd, de->d_name, 0) == 0)
+        if (n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0 &&
+            remove_entry(s, s->tmpfd, de->d_name) == 0)
             removed++;
     }
     closedir(d);
@@ -554,13 +693,42 @@ static void clean_tmp(struct bs_store *s)
         bs_log(BS_LOG_INFO, "store", "event=tmp_removed files=%u", removed);
 }
 
-static bool is_lower_hex(const char *p, size_t n)
+const char *bs_store_protection_name(enum bs_store_protection p)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
-            return false;
-    return true;
+    return p == BS_STORE_PROTECT_IMMUTABLE ? "immutable" : "none";
 }
+
+/* Can chunk files be made immutable here? Tried on a file in tmp/: the filesystem must have
+ * FS_IMMUTABLE_FL and the agent CAP_LINUX_IMMUTABLE. Says so once when not. */
+static void probe_protection(struct bs_store *s, const char *dir)
+{
+    unlinkat(s->tmpfd, PROBE_FILE, 0);
+    int fd = openat(s->tmpfd, PROBE_FILE, O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    TMP_MODE);
+    int rc = fd >= 0 ? set_immutable(fd, true) : -errno;
+    if (rc == 0) {
+        rc = is_immutable(fd) ? 0 : -EOPNOTSUPP;
+        set_immutable(fd, false);
+    }
+    if (fd >= 0) {
+        close(fd);
+        unlinkat(s->tmpfd, PROBE_FILE, 0);
+    }
+    s->protection = rc == 0 ? BS_STORE_PROTECT_IMMUTABLE : BS_STORE_PROTECT_NONE;
+    if (rc != 0)
+        bs_log(BS_LOG_WARN, "store",
+               "event=tamper_protection mode=none dir=%s error=\"%s\" msg=\"chunk files cannot "
+               "be made immutable (%s): a client running as root can rewrite cached chunks\"",
+               dir, strerror(-rc),
+               rc == -EPERM ? "the agent lacks CAP_LINUX_IMMUTABLE"
+                            : "the filesystem has no FS_IMMUTABLE_FL");
+}
+
+struct scanned {
+    struct bs_chunk_ref *c;
+    unsigned char vid[ID_LEN], tid[ID_LEN];
+    struct timespec mtime;
+};
 
 static ssize_t pread_all(int fd, void *buf, size_t n, off_t off)
 {
@@ -578,43 +746,61 @@ static ssize_t pread_all(int fd, void *buf, size_t n, off_t off)
     return (ssize_t)got;
 }
 
-struct scanned {
-    struct bs_chunk_ref *c;
-    unsigned char vid[ID_LEN];
-    struct timespec mtime;
-};
+/* Brings a valid chunk file to what the store writes: mode 0400, immutable when protection is
+ * on (files of older versions or of a run without protection). */
+static void settle_file(struct bs_store *s, int fd, const struct stat *st, const char *sub,
+                        const char *name)
+{
+    bool imm = is_immutable(fd);
+    if ((st->st_mode & 07777) != FILE_MODE) {
+        if (imm)
+            set_immutable(fd, false);
+        if (fchmod(fd, FILE_MODE) == 0)
+            bs_log(BS_LOG_DEBUG, "store", "event=mode_tightened entry=%s/%s from=%04o to=%04o", sub,
+                   name, (unsigned)(st->st_mode & 07777), FILE_MODE);
+        imm = imm && set_immutable(fd, true) == 0;
+    }
+    if (s->protection == BS_STORE_PROTECT_IMMUTABLE && !imm && set_immutable(fd, true) < 0)
+        s->protect_errors++;
+    if (s->protection == BS_STORE_PROTECT_NONE && imm)
+        s->stuck_immutable++;
+}
 
 /* Reads and checks the trailer of the chunk file `name` (in the fan-out directory `sub`,
  * already checked to be 64 hex digits + ".chunk"). 0 and *out filled; 1 with *why if the file
- * is not a valid chunk; -ENOMEM. */
-static int load_chunk(int subfd, const char *sub, const char *name, struct scanned *out,
-                      const char **why)
+ * is not a valid chunk; -ENOMEM, -EMFILE... (the file may be fine: the scan stops). */
+static int load_chunk(struct bs_store *s, int subfd, const char *sub, const char *name,
+                      struct scanned *out, const char **why)
 {
     int rc = 1;
     unsigned char *t = NULL;
-    int fd = openat(subfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat lst, st;
+    if (fstatat(subfd, name, &lst, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(lst.st_mode)) {
+        *why = "not a regular file (a link?)";
+        return 1;
+    }
+    int fd = openat(subfd, name, OPEN_ENTRY);
     if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOMEM))
-        return -errno; /* the file may be fine: stop rather than delete it */
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        return -errno;
+    if (fd < 0) {
         *why = "cannot be opened as a regular file";
+        return 1;
+    }
+    if ((*why = check_file(s, fd, 0, &st)))
+        goto out_close;
+    if (st.st_ino != lst.st_ino || st.st_dev != lst.st_dev) {
+        *why = "replaced while being scanned";
         goto out_close;
     }
-    unsigned char foot[TRAILER_FOOT];
-    if (st.st_size < TRAILER_HEAD + TRAILER_FOOT ||
-        pread_all(fd, foot, sizeof(foot), st.st_size - TRAILER_FOOT) != TRAILER_FOOT) {
+    unsigned char foot[BS_TRAILER_FOOT];
+    uint32_t tlen = 0;
+    if (st.st_size < BS_TRAILER_HEAD + BS_TRAILER_FOOT ||
+        pread_all(fd, foot, sizeof(foot), st.st_size - BS_TRAILER_FOOT) != BS_TRAILER_FOOT) {
         *why = "shorter than a trailer";
         goto out_close;
     }
-    uint32_t tlen = get_le32(foot + 4);
-    if (get_le32(foot + 8) != TRAILER_END) {
-        *why = "no end magic (truncated or not a chunk)";
+    if ((*why = bs_trailer_foot(foot, (uint64_t)st.st_size, &tlen)))
         goto out_close;
-    }
-    if (tlen < TRAILER_HEAD + TRAILER_FOOT || tlen > TRAILER_MAX || tlen > st.st_size) {
-        *why = "trailer length out of range";
-        goto out_close;
-    }
     t = malloc(tlen);
     if (!t) {
         rc = -ENOMEM;
@@ -624,26 +810,18 @@ static int load_chunk(int subfd, const char *sub, const char *name, struct scann
         *why = "trailer unreadable";
         goto out_free;
     }
-    if (bs_crc32c(0, t, tlen - TRAILER_FOOT) != get_le32(t + tlen - TRAILER_FOOT)) {
-        *why = "trailer checksum mismatch";
+    struct bs_trailer tr;
+    if ((*why = bs_trailer_parse(t, tlen, (uint64_t)st.st_size, &tr)))
         goto out_free;
-    }
-    struct trailer tr;
-    if ((*why = parse_trailer(t, tlen, &tr)))
-        goto out_free;
-    if (tr.data_len + tlen != (uint64_t)st.st_size) {
-        *why = "file size disagrees with the trailer";
-        goto out_free;
-    }
-    unsigned char enc[KEY_ENC_MAX + 8], cid[ID_LEN];
-    char expect[NAME_SIZE];
+    unsigned char enc[BS_KEY_ENC_MAX + 8], cid[ID_LEN];
+    char esub[SUB_SIZE], expect[FILE_SIZE];
     memcpy(enc, tr.enc, tr.enclen);
-    if (key_ids(enc, tr.enclen, tr.index, cid, out->vid) < 0) {
+    if (key_ids(enc, tr.enclen, tr.index, cid, out->vid, out->tid) < 0) {
         rc = -ENOMEM;
         goto out_free;
     }
-    chunk_name(cid, expect);
-    if (memcmp(expect, sub, 2) != 0 || strcmp(expect + 3, name) != 0) {
+    chunk_name(cid, esub, expect);
+    if (strcmp(esub, sub) != 0 || strcmp(expect, name) != 0) {
         *why = "file name is not the hash of the key in its trailer";
         goto out_free;
     }
@@ -658,15 +836,15 @@ static int load_chunk(int subfd, const char *sub, const char *name, struct scann
     c->block_size = tr.block_size;
     c->nblocks = tr.nblocks;
     for (uint32_t i = 0; i < tr.nblocks; i++)
-        c->crcs[i] = get_le32(tr.crcs + 4 * (size_t)i);
+        c->crcs[i] = bs_get_le32(tr.crcs + 4 * (size_t)i);
+    settle_file(s, fd, &st, sub, name);
     out->c = c;
     out->mtime = st.st_mtim;
     rc = 0;
 out_free:
     free(t);
 out_close:
-    if (fd >= 0)
-        close(fd);
+    close(fd);
     return rc;
 }
 
@@ -680,16 +858,26 @@ static int by_mtime(const void *a, const void *b)
     return memcmp(x->c->h.id, y->c->h.id, ID_LEN);
 }
 
-/* Scans one fan-out directory, appending valid chunks to *list and deleting bad ones. */
-static int scan_dir(struct bs_store *s, const char *sub, struct scanned **list, size_t *n,
-                    size_t *cap, char *err, size_t errsz)
+static bool is_lower_hex(const char *p, size_t n)
 {
-    int subfd = openat(s->dirfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    DIR *d = subfd >= 0 ? fdopendir(subfd) : NULL;
+    for (size_t i = 0; i < n; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return false;
+    return true;
+}
+
+/* Scans one fan-out directory (subfd, checked by ensure_dir), appending valid chunks to
+ * *list and deleting bad ones: links and foreign files in the store are removed themselves,
+ * what they point to is never touched. */
+static int scan_dir(struct bs_store *s, int subfd, const char *sub, struct scanned **list,
+                    size_t *n, size_t *cap, char *err, size_t errsz)
+{
+    int dfd = dup(subfd);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!d) {
-        snprintf(err, errsz, "cannot open %s: %s", sub, strerror(errno));
-        if (subfd >= 0)
-            close(subfd);
+        snprintf(err, errsz, "store: cannot read %s: %s", sub, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
         return -EIO;
     }
     int rc = 0;
@@ -711,8 +899,8 @@ static int scan_dir(struct bs_store *s, const char *sub, struct scanned **list, 
         }
         const char *why = "file name is not 64 hex digits";
         int lc = 1;
-        if (len == 64 + suffix && is_lower_hex(name, 64))
-            lc = load_chunk(subfd, sub, name, &(*list)[*n], &why);
+        if (len == HEX_LEN + suffix && is_lower_hex(name, HEX_LEN))
+            lc = load_chunk(s, subfd, sub, name, &(*list)[*n], &why);
         if (lc < 0) {
             rc = lc;
             break;
@@ -721,10 +909,10 @@ static int scan_dir(struct bs_store *s, const char *sub, struct scanned **list, 
             (*n)++;
             continue;
         }
-        unlinkat(subfd, name, 0);
+        int ur = remove_entry(s, subfd, name);
         s->dropped_corrupt++;
-        bs_log(BS_LOG_WARN, "store", "event=dropped_corrupt file=%s/%s reason=\"%s\"", sub, name,
-               why);
+        bs_log(BS_LOG_WARN, "store", "event=dropped_corrupt file=%s/%s reason=\"%s\"%s%s", sub,
+               name, why, ur ? " unlink_error=" : "", ur ? strerror(-ur) : "");
     }
     closedir(d);
     if (rc < 0)
@@ -732,25 +920,32 @@ static int scan_dir(struct bs_store *s, const char *sub, struct scanned **list, 
     return rc;
 }
 
-/* Indexes every valid chunk file, least recently written first (the LRU order until reads
- * reorder it), and deletes the malformed ones. */
+/* Checks (creating, fixing) every fan-out directory and indexes every valid chunk file,
+ * least recently written first (the LRU order until reads reorder it); deletes the
+ * malformed ones. */
 static int scan(struct bs_store *s, char *err, size_t errsz)
 {
     struct scanned *list = NULL;
     size_t n = 0, cap = 0;
     int rc = 0;
     for (int i = 0; i < 256 && rc == 0; i++) {
-        char sub[3];
+        char sub[SUB_SIZE];
         snprintf(sub, sizeof(sub), "%02x", i);
-        rc = scan_dir(s, sub, &list, &n, &cap, err, errsz);
+        int subfd = ensure_dir(s, s->dirfd, sub, err, errsz);
+        if (subfd < 0) {
+            rc = subfd;
+            break;
+        }
+        rc = scan_dir(s, subfd, sub, &list, &n, &cap, err, errsz);
+        close(subfd);
     }
     if (rc == 0 && n > 1)
         qsort(list, n, sizeof(*list), by_mtime);
     size_t i = 0;
+    struct spares sp = {NULL, NULL};
     for (; i < n && rc == 0; i++) {
-        struct version *spare = NULL;
-        if (!map_find(&s->versions, list[i].vid) && !(spare = calloc(1, sizeof(*spare)))) {
-            snprintf(err, errsz, "out of memory while scanning");
+        if (spares_fill(&sp) < 0) {
+            snprintf(err, errsz, "store: out of memory while scanning");
             rc = -ENOMEM;
             break;
         }
@@ -758,8 +953,9 @@ static int scan(struct bs_store *s, char *err, size_t errsz)
         c->store = s;
         c->in_map = true;
         map_insert(&s->chunks, &c->h);
-        chunk_go_live(s, c, version_get(s, list[i].vid, &spare));
+        chunk_go_live(s, c, version_get(s, list[i].vid, list[i].tid, &sp));
     }
+    spares_free(&sp);
     for (; i < n; i++)
         free(list[i].c);
     free(list);
@@ -788,44 +984,54 @@ static int check_opts(const struct bs_store_opts *o, char *err, size_t errsz)
         return -EINVAL;
     }
     uint32_t bs = o->block_size;
-    if (bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || (bs & (bs - 1))) {
+    if (bs < BS_CHUNK_MIN_BLOCK || bs > BS_CHUNK_MAX_BLOCK || (bs & (bs - 1))) {
         snprintf(err, errsz, "store: block size %u is not a power of two in %u..%u", bs,
-                 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
+                 BS_CHUNK_MIN_BLOCK, BS_CHUNK_MAX_BLOCK);
         return -EINVAL;
     }
     return 0;
 }
 
+/* The lock file: ours, 0600, never through a link. */
+static int open_lock(struct bs_store *s)
+{
+    for (int attempt = 0;; attempt++) {
+        int fd = openat(s->dirfd, LOCK_FILE, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                        LOCK_MODE);
+        if (fd < 0 && errno == ELOOP && attempt == 0 && unlinkat(s->dirfd, LOCK_FILE, 0) == 0)
+            continue;
+        if (fd < 0)
+            return -errno;
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != s->uid) {
+            close(fd);
+            return -EPERM;
+        }
+        if ((st.st_mode & 07777) != LOCK_MODE)
+            fchmod(fd, LOCK_MODE);
+        return fd;
+    }
+}
+
 static int make_dirs(struct bs_store *s, const char *dir, char *err, size_t errsz)
 {
-    int rc = mkdir_p(dir);
+    int rc = mkdir_parents(dir);
     if (rc < 0) {
-        snprintf(err, errsz, "store: cannot create %s: %s", dir, strerror(-rc));
+        snprintf(err, errsz, "store: cannot create the parents of %s: %s", dir, strerror(-rc));
         return rc;
     }
-    s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (s->dirfd < 0) {
-        snprintf(err, errsz, "store: cannot open %s: %s", dir, strerror(errno));
-        return -errno;
-    }
-    s->lockfd = openat(s->dirfd, LOCK_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    s->dirfd = ensure_dir(s, AT_FDCWD, dir, err, errsz);
+    if (s->dirfd < 0)
+        return s->dirfd;
+    s->lockfd = open_lock(s);
     if (s->lockfd < 0 || flock(s->lockfd, LOCK_EX | LOCK_NB) < 0) {
-        rc = -errno;
+        rc = s->lockfd < 0 ? s->lockfd : -errno;
         snprintf(err, errsz, "store: %s: %s", dir,
                  rc == -EWOULDBLOCK ? "in use by another store" : strerror(-rc));
         return rc;
     }
-    for (int i = -1; i < 256; i++) {
-        char sub[4] = TMP_DIR;
-        if (i >= 0)
-            snprintf(sub, sizeof(sub), "%02x", i);
-        if (mkdirat(s->dirfd, sub, 0755) < 0 && errno != EEXIST) {
-            rc = -errno;
-            snprintf(err, errsz, "store: cannot create %s/%s: %s", dir, sub, strerror(-rc));
-            return rc;
-        }
-    }
-    return 0;
+    s->tmpfd = ensure_dir(s, s->dirfd, TMP_DIR, err, errsz);
+    return s->tmpfd < 0 ? s->tmpfd : 0;
 }
 
 struct bs_store *bs_store_create(const struct bs_store_opts *o, char *err, size_t errsz)
@@ -837,35 +1043,44 @@ struct bs_store *bs_store_create(const struct bs_store_opts *o, char *err, size_
         snprintf(err, errsz, "store: out of memory");
         return NULL;
     }
-    s->dirfd = s->lockfd = -1;
+    s->dirfd = s->tmpfd = s->lockfd = -1;
+    s->uid = geteuid();
     s->budget = o->budget_bytes;
     s->high = pct_of(o->budget_bytes, o->high_watermark_pct);
     s->low = pct_of(o->budget_bytes, o->low_watermark_pct);
     s->block_size = o->block_size;
-    list_init(&s->chunk_lru);
-    list_init(&s->version_lru);
+    list_init(&s->tenant_list);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->removed, NULL);
-    if (map_init(&s->chunks) < 0 || map_init(&s->versions) < 0) {
+    if (map_init(&s->chunks) < 0 || map_init(&s->versions) < 0 || map_init(&s->tenants) < 0) {
         snprintf(err, errsz, "store: out of memory");
         goto out_destroy;
     }
     if (make_dirs(s, o->dir, err, errsz) < 0)
         goto out_destroy;
     clean_tmp(s);
+    probe_protection(s, o->dir);
     if (scan(s, err, errsz) < 0)
         goto out_destroy;
+    if (s->stuck_immutable)
+        bs_log(BS_LOG_WARN, "store",
+               "event=immutable_files files=%llu msg=\"chunk files made immutable by an earlier "
+               "run cannot be evicted without CAP_LINUX_IMMUTABLE: run chattr -R -i on the "
+               "store, or give the agent the capability\"",
+               (unsigned long long)s->stuck_immutable);
     if (s->bytes > s->high) { /* the budget was lowered since the last run */
         struct list victims;
         list_init(&victims);
-        evict(s, 0, &victims);
+        evict(s, 0, NULL, &victims);
         remove_files(s, &victims);
     }
     bs_log(BS_LOG_INFO, "store",
-           "event=open dir=%s chunks=%llu blobs=%llu bytes=%llu budget=%llu dropped_corrupt=%llu",
+           "event=open dir=%s chunks=%llu blobs=%llu tenants=%llu bytes=%llu budget=%llu "
+           "dropped_corrupt=%llu tamper_protection=%s",
            o->dir, (unsigned long long)s->nchunks, (unsigned long long)s->nversions,
-           (unsigned long long)s->bytes, (unsigned long long)s->budget,
-           (unsigned long long)s->dropped_corrupt);
+           (unsigned long long)s->ntenants, (unsigned long long)s->bytes,
+           (unsigned long long)s->budget, (unsigned long long)s->dropped_corrupt,
+           bs_store_protection_name(s->protection));
     return s;
 out_destroy:
     bs_store_destroy(s);
@@ -888,10 +1103,19 @@ void bs_store_destroy(struct bs_store *s)
                 next = h->next;
                 free(container_of(h, struct version, h));
             }
+    if (s->tenants.b)
+        for (size_t i = 0; i <= s->tenants.mask; i++)
+            for (struct hnode *h = s->tenants.b[i], *next; h; h = next) {
+                next = h->next;
+                free(container_of(h, struct tenant, h));
+            }
     free(s->chunks.b);
     free(s->versions.b);
+    free(s->tenants.b);
     if (s->lockfd >= 0)
         close(s->lockfd); /* releases the flock */
+    if (s->tmpfd >= 0)
+        close(s->tmpfd);
     if (s->dirfd >= 0)
         close(s->dirfd);
     pthread_cond_destroy(&s->removed);
@@ -904,12 +1128,12 @@ void bs_store_destroy(struct bs_store *s)
 int bs_store_get(struct bs_store *s, const struct bs_chunk_key *k, struct bs_chunk_ref **out)
 {
     *out = NULL;
-    unsigned char enc[KEY_ENC_MAX + 8], cid[ID_LEN];
+    unsigned char enc[BS_KEY_ENC_MAX + 8], cid[ID_LEN];
     size_t enclen;
     char err[1];
     if (encode_key(k, enc, &enclen, err, sizeof(err)) < 0)
         return -EINVAL;
-    if (key_ids(enc, enclen, k->index, cid, NULL) < 0)
+    if (key_ids(enc, enclen, k->index, cid, NULL, NULL) < 0)
         return -ENOMEM;
     pthread_mutex_lock(&s->lock);
     struct hnode *h = map_find(&s->chunks, cid);
@@ -940,10 +1164,29 @@ void bs_store_release(struct bs_store *s, struct bs_chunk_ref *c)
 
 int bs_chunk_ref_open(const struct bs_chunk_ref *c)
 {
-    char name[NAME_SIZE];
-    chunk_name(c->h.id, name);
-    int fd = openat(c->store->dirfd, name, O_RDONLY | O_CLOEXEC);
-    return fd >= 0 ? fd : -errno;
+    struct bs_store *s = c->store;
+    char sub[SUB_SIZE], name[FILE_SIZE];
+    chunk_name(c->h.id, sub, name);
+    int subfd = open_sub(s, sub);
+    int fd = subfd >= 0 ? openat(subfd, name, OPEN_ENTRY) : -1;
+    int rc = fd >= 0 ? 0 : subfd >= 0 ? -errno : subfd;
+    if (subfd >= 0)
+        close(subfd);
+    const char *why = NULL;
+    if (rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM)
+        return rc; /* the file may be fine */
+    if (rc < 0) {
+        why = rc == -ENOENT ? "file missing" : "not a file the store wrote (a link?)";
+    } else {
+        struct stat st;
+        if (!(why = check_file(s, fd, c->file_bytes, &st)))
+            return fd;
+        close(fd);
+    }
+    /* The index named a file that is not there, or not ours: it goes, the reader gets a miss
+     * and the next request refills it. Nothing of what may be there is handed out. */
+    drop_chunk(s, c->h.id, c, why);
+    return -ENOENT;
 }
 
 uint64_t bs_chunk_ref_length(const struct bs_chunk_ref *c)
@@ -980,15 +1223,17 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
-/* Writes data + trailer to tmp/, then renames it to `name`. On failure nothing is left
- * behind; -ENOSPC for a full disk (or quota, or file size limit), -EIO otherwise. */
-static int write_chunk_file(struct bs_store *s, const char *tmp, const char *name, const void *data,
-                            size_t len, const unsigned char *trailer, size_t tlen, char *err,
-                            size_t errsz)
+/* Writes data + trailer to tmp/ (0600), makes it 0400, fsyncs it, renames it to sub/name,
+ * makes it immutable (when protection is on) and fsyncs the directory: after a crash the
+ * file is either absent or whole. On failure nothing is left behind; -ENOSPC for a full
+ * disk (or quota, or file size limit), -EIO otherwise. */
+static int write_chunk_file(struct bs_store *s, const char *tmp, const char *sub, const char *name,
+                            const void *data, size_t len, const unsigned char *trailer, size_t tlen,
+                            char *err, size_t errsz)
 {
     const char *what = "create";
-    int rc = 0;
-    int fd = openat(s->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+    int subfd = -1, rc = 0;
+    int fd = openat(s->tmpfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, TMP_MODE);
     if (fd < 0) {
         rc = -errno;
         goto out;
@@ -997,31 +1242,51 @@ static int write_chunk_file(struct bs_store *s, const char *tmp, const char *nam
     rc = write_all(fd, data, len);
     if (rc == 0)
         rc = write_all(fd, trailer, tlen);
-    if (close(fd) < 0 && rc == 0)
+    if (rc == 0 && (fchmod(fd, FILE_MODE) < 0 || fsync(fd) < 0)) {
+        what = "fsync";
         rc = -errno;
+    }
     if (rc == 0) {
         what = "rename";
-        if (renameat(s->dirfd, tmp, s->dirfd, name) < 0)
-            rc = -errno;
+        subfd = open_sub(s, sub);
+        rc = subfd < 0 ? subfd : renameat(s->tmpfd, tmp, subfd, name) < 0 ? -errno : 0;
     }
-    if (rc < 0)
-        unlinkat(s->dirfd, tmp, 0);
+    if (rc < 0) {
+        close(fd);
+        unlinkat(s->tmpfd, tmp, 0);
+        goto out;
+    }
+    if (s->protection == BS_STORE_PROTECT_IMMUTABLE && set_immutable(fd, true) < 0) {
+        pthread_mutex_lock(&s->lock);
+        s->protect_errors++;
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (close(fd) < 0)
+        rc = -errno;
+    if (rc == 0 && fsync(subfd) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        what = "fsync of the directory";
+        remove_entry(s, subfd, name);
+    }
 out:
+    if (subfd >= 0)
+        close(subfd);
     if (rc == 0)
         return 0;
-    snprintf(err, errsz, "store: chunk file %s: %s: %s", name, what, strerror(-rc));
+    snprintf(err, errsz, "store: chunk file %s/%s: %s: %s", sub, name, what, strerror(-rc));
     return rc == -ENOSPC || rc == -EDQUOT || rc == -EFBIG ? -ENOSPC : -EIO;
 }
 
 int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *data, size_t len,
                  char *err, size_t errsz)
 {
-    unsigned char enc[KEY_ENC_MAX + 8], cid[ID_LEN], vid[ID_LEN];
+    unsigned char enc[BS_KEY_ENC_MAX + 8], cid[ID_LEN], vid[ID_LEN], tid[ID_LEN];
     size_t enclen;
     int rc = encode_key(k, enc, &enclen, err, errsz);
-    if (rc == 0 && len > MAX_CHUNK_BYTES) {
+    if (rc == 0 && len > BS_CHUNK_MAX_BYTES) {
         snprintf(err, errsz, "store: chunk of %zu bytes is over the limit of %u", len,
-                 MAX_CHUNK_BYTES);
+                 BS_CHUNK_MAX_BYTES);
         rc = -EINVAL;
     }
     if (rc == 0 && !data && len) {
@@ -1037,11 +1302,12 @@ int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *d
 
     /* Everything that needs no lock: ids, block CRCs, trailer, memory. */
     uint32_t bs = s->block_size, nblocks = blocks_of(len, bs);
-    size_t tlen = trailer_len(enclen, nblocks);
+    size_t tlen = bs_trailer_len(enclen, nblocks);
     struct bs_chunk_ref *c = chunk_new(nblocks);
     unsigned char *trailer = malloc(tlen);
-    struct version *spare = calloc(1, sizeof(*spare));
-    if (!c || !trailer || !spare || key_ids(enc, enclen, k->index, cid, vid) < 0) {
+    struct spares sp = {NULL, NULL};
+    if (!c || !trailer || spares_fill(&sp) < 0 ||
+        key_ids(enc, enclen, k->index, cid, vid, tid) < 0) {
         snprintf(err, errsz, "store: out of memory");
         rc = -ENOMEM;
         goto out_free;
@@ -1058,18 +1324,20 @@ int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *d
         c->crcs[i] =
             bs_crc32c(0, (const unsigned char *)data + off, len - off < bs ? len - off : bs);
     }
-    build_trailer(trailer, c, k->index, enc, enclen);
+    bs_trailer_build(trailer, bs, len, k->index, enc, enclen, c->crcs, nblocks);
 
-    /* Reserve: the key must be absent, and the bytes must fit (evicting if needed). */
+    /* Reserve: the key must be absent, and the bytes must fit (evicting if needed). The
+     * version (and tenant) exist from here, pending, so that eviction counts this tenant. */
     struct list victims;
     list_init(&victims);
-    char name[NAME_SIZE], tmp[TMP_NAME_SIZE];
-    chunk_name(cid, name);
+    char sub[SUB_SIZE], name[FILE_SIZE], tmp[TMP_NAME_SIZE];
+    chunk_name(cid, sub, name);
     pthread_mutex_lock(&s->lock);
     struct hnode *h;
     while ((h = map_find(&s->chunks, cid)) &&
            container_of(h, struct bs_chunk_ref, h)->state == CHUNK_REMOVING)
         pthread_cond_wait(&s->removed, &s->lock);
+    struct version *v = NULL;
     if (h) {
         rc = -EEXIST;
     } else if (c->file_bytes > s->budget) {
@@ -1077,25 +1345,27 @@ int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *d
                  (unsigned long long)c->file_bytes, (unsigned long long)s->budget);
         rc = -ENOSPC;
     } else {
+        v = version_get(s, vid, tid, &sp);
+        v->pending++;
         if (s->bytes + s->reserved + c->file_bytes > s->high)
-            evict(s, c->file_bytes, &victims);
+            evict(s, c->file_bytes, v->t, &victims);
         if (s->bytes + s->reserved + c->file_bytes > s->budget) {
             snprintf(err, errsz,
-                     "store: no room for %llu bytes: %llu of %llu held by readers or fills",
+                     "store: no room for %llu bytes: %llu of %llu held by readers, fills or "
+                     "other tenants' shares",
                      (unsigned long long)c->file_bytes,
                      (unsigned long long)(s->bytes + s->reserved), (unsigned long long)s->budget);
             rc = -ENOSPC;
+            v->pending--;
+            version_free_if_unused(s, v);
         }
     }
     if (rc == 0) {
-        struct version *v = version_get(s, vid, &spare);
-        v->pending++;
         c->ver = v;
         c->in_map = true;
         map_insert(&s->chunks, &c->h);
         s->reserved += c->file_bytes;
-        snprintf(tmp, sizeof(tmp), TMP_DIR "/%.64s.%llu.tmp", name + 3,
-                 (unsigned long long)++s->tmp_seq);
+        snprintf(tmp, sizeof(tmp), "%.64s.%llu.tmp", name, (unsigned long long)++s->tmp_seq);
     } else if (rc != -EEXIST) {
         s->put_errors++;
     }
@@ -1104,10 +1374,10 @@ int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *d
     if (rc < 0)
         goto out_free;
 
-    rc = write_chunk_file(s, tmp, name, data, len, trailer, tlen, err, errsz);
+    rc = write_chunk_file(s, tmp, sub, name, data, len, trailer, tlen, err, errsz);
 
     pthread_mutex_lock(&s->lock);
-    struct version *v = c->ver;
+    v = c->ver;
     v->pending--;
     s->reserved -= c->file_bytes;
     if (rc == 0) {
@@ -1120,7 +1390,7 @@ int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *d
     }
     pthread_mutex_unlock(&s->lock);
 out_free:
-    free(spare);
+    spares_free(&sp);
     free(trailer);
     free(c);
     return rc;
@@ -1128,31 +1398,13 @@ out_free:
 
 void bs_store_drop(struct bs_store *s, const struct bs_chunk_key *k)
 {
-    unsigned char enc[KEY_ENC_MAX + 8], cid[ID_LEN];
+    unsigned char enc[BS_KEY_ENC_MAX + 8], cid[ID_LEN];
     size_t enclen;
     char err[1];
     if (encode_key(k, enc, &enclen, err, sizeof(err)) < 0 ||
-        key_ids(enc, enclen, k->index, cid, NULL) < 0)
+        key_ids(enc, enclen, k->index, cid, NULL, NULL) < 0)
         return;
-    struct list victims;
-    list_init(&victims);
-    pthread_mutex_lock(&s->lock);
-    struct hnode *h = map_find(&s->chunks, cid);
-    struct bs_chunk_ref *c = h ? container_of(h, struct bs_chunk_ref, h) : NULL;
-    if (c && c->state == CHUNK_LIVE) {
-        struct version *v = c->ver;
-        chunk_detach(s, c, &victims);
-        version_free_if_unused(s, v);
-        s->dropped_corrupt++;
-    }
-    pthread_mutex_unlock(&s->lock);
-    if (!list_empty(&victims)) {
-        char name[NAME_SIZE];
-        chunk_name(cid, name);
-        bs_log(BS_LOG_WARN, "store", "event=dropped_corrupt file=%s reason=\"reported by reader\"",
-               name);
-    }
-    remove_files(s, &victims);
+    drop_chunk(s, cid, NULL, "reported by reader");
 }
 
 void bs_store_get_stats(struct bs_store *s, struct bs_store_stats *out)
@@ -1163,10 +1415,13 @@ void bs_store_get_stats(struct bs_store *s, struct bs_store_stats *out)
         .budget_bytes = s->budget,
         .chunks = s->nchunks,
         .blobs = s->nversions,
+        .tenants = s->ntenants,
         .evicted_chunks = s->evicted_chunks,
         .evicted_bytes = s->evicted_bytes,
         .dropped_corrupt = s->dropped_corrupt,
         .put_errors = s->put_errors,
+        .protect_errors = s->protect_errors,
+        .protection = s->protection,
     };
     pthread_mutex_unlock(&s->lock);
 }

@@ -1,9 +1,13 @@
 /* The node's chunk store: immutable chunk files on local disk, each holding the bytes of one
  * grid cell of one blob *version* (account, container, blob, ETag, index) followed by a
- * trailer with its key and one CRC-32C per block. A chunk becomes visible only once written
- * whole and renamed into place. An in-memory index (rebuilt by scanning the directory at
- * start) tracks bytes against a budget with high/low watermarks; eviction drops the least
- * recently used blob version that no reader holds, whole, before single chunks.
+ * trailer with its key and one CRC-32C per block (trailer.h). A chunk becomes visible only
+ * once written whole, fsynced and renamed into place. An in-memory index (rebuilt by scanning
+ * the directory at start) tracks bytes against a budget with high/low watermarks; eviction
+ * takes from the tenant holding the most bytes its least recently used blob version that no
+ * reader holds, whole, before single chunks.
+ * The store's directory is 0700 and its files 0400, of the agent's uid, and immutable
+ * (FS_IMMUTABLE_FL) where possible; nothing in it is reached through a link. Readers get
+ * descriptors, never paths.
  * It does not fetch anything: callers put bytes they obtained (from Azure, later from peers). */
 #ifndef BS_STORE_H
 #define BS_STORE_H
@@ -14,6 +18,9 @@
 struct bs_store;
 struct bs_chunk_ref;
 
+/* The tenant of a chunk, whose share of the store eviction protects, is its account field up
+ * to the first '#' (the agent stores "<endpoint URL>#grid=<bytes>": the tenant is the
+ * storage account's endpoint). */
 struct bs_chunk_key {
     const char *account, *container, *blob, *etag; /* etag verbatim, with its quotes */
     uint64_t index;                                /* chunk number on the grid */
@@ -27,15 +34,31 @@ struct bs_store_opts {
     uint32_t block_size;    /* CRC block, power of two, e.g. 65536 */
 };
 
-struct bs_store_stats {
-    uint64_t bytes, budget_bytes, chunks, blobs;
-    uint64_t evicted_chunks, evicted_bytes;
-    uint64_t dropped_corrupt; /* files found bad at scan or reported bad by a reader */
-    uint64_t put_errors;
+/* How chunk files are kept from being rewritten by whoever holds a descriptor or reaches the
+ * directory (root in a container included): decided once at create. */
+enum bs_store_protection {
+    BS_STORE_PROTECT_NONE,      /* modes only: root (CAP_DAC_OVERRIDE) can rewrite a chunk */
+    BS_STORE_PROTECT_IMMUTABLE, /* FS_IMMUTABLE_FL: only CAP_LINUX_IMMUTABLE can undo it */
 };
 
+struct bs_store_stats {
+    uint64_t bytes, budget_bytes, chunks, blobs, tenants;
+    uint64_t evicted_chunks, evicted_bytes;
+    uint64_t dropped_corrupt; /* files found bad at scan, at serve or reported by a reader */
+    uint64_t put_errors;
+    uint64_t protect_errors; /* chunk files that could not be made immutable */
+    enum bs_store_protection protection;
+};
+
+/* "immutable" or "none" (a static string). */
+const char *bs_store_protection_name(enum bs_store_protection p);
+
 /* Opens (creating) the store and scans it: files with a valid trailer are indexed, partial
- * (temporary) and malformed files are deleted. NULL with a message on failure. */
+ * (temporary) and malformed files are deleted, links and files not of the agent's uid are
+ * removed themselves (never what they point to), wider modes are tightened, and chunk files
+ * are made immutable when the filesystem and CAP_LINUX_IMMUTABLE allow (else one warning;
+ * see stats.protection). The directory must not be a link and must belong to the agent's
+ * uid. NULL with a message on failure. */
 struct bs_store *bs_store_create(const struct bs_store_opts *o, char *err, size_t errsz);
 /* Every reference must have been released. */
 void bs_store_destroy(struct bs_store *s);
@@ -46,18 +69,22 @@ int bs_store_get(struct bs_store *s, const struct bs_chunk_key *k, struct bs_chu
 void bs_store_release(struct bs_store *s, struct bs_chunk_ref *ref);
 
 /* A new read-only descriptor of the chunk's file (caller closes). The data starts at file
- * offset 0. Returns the fd or -errno (-ENOENT when the chunk was dropped meanwhile). */
+ * offset 0. The file is checked first (a regular file of the agent's uid, one link, the size
+ * written); one that is not, or is missing, is dropped from the index and -ENOENT returned:
+ * nothing but the store's own file is ever handed out. Returns the fd or -errno. */
 int bs_chunk_ref_open(const struct bs_chunk_ref *ref);
 uint64_t bs_chunk_ref_length(const struct bs_chunk_ref *ref);
 uint32_t bs_chunk_ref_block_size(const struct bs_chunk_ref *ref);
 /* CRC-32C of each block (the last may be short); *n gets the count. Valid until release. */
 const uint32_t *bs_chunk_ref_crcs(const struct bs_chunk_ref *ref, uint32_t *n);
 
-/* Stores len bytes as the chunk k: computes the block CRCs, writes a temporary file, renames
- * it into place, evicts if the high watermark would be passed. Returns 0, -EEXIST (already
- * there, or being put; not an error for callers), -ENOSPC (no room even after eviction, or
- * disk full), -EINVAL (a key field empty or over 1024 bytes, a chunk over 256 MiB), -ENOMEM,
- * or -EIO, with a message. Never leaves a partial file visible. */
+/* Stores len bytes as the chunk k: computes the block CRCs, writes a temporary file, fsyncs
+ * and renames it into place (then fsyncs the directory), evicts if the high watermark would
+ * be passed (from the biggest tenant; never taking another tenant below budget / tenants).
+ * Returns 0, -EEXIST (already there, or being put; not an error for callers), -ENOSPC (no
+ * room even after eviction, or disk full), -EINVAL (a key field empty or over 1024 bytes, a
+ * chunk over 256 MiB), -ENOMEM, or -EIO, with a message. Never leaves a partial file
+ * visible. */
 int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *data, size_t len,
                  char *err, size_t errsz);
 

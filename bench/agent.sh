@@ -94,6 +94,7 @@ stop_agent() {
 # A fresh agent over an empty store.
 fresh_agent() {
   stop_agent
+  chattr -R -i "$WORK/store" 2>/dev/null || true # chunk files are immutable where possible
   rm -rf "$WORK/store"
   start_agent "$1" "$WORK/store"
 }

@@ -54,6 +54,7 @@ cleanup() {
   stop_azurite
   teardown_namespace
   if [ -n "$WORK" ] && [ "$KEEP" != 1 ]; then
+    chattr -R -i "$WORK" 2>/dev/null || true # the agent's chunk files are immutable
     rm -rf "$WORK"
   elif [ -n "$WORK" ]; then
     log "kept $WORK"

@@ -78,6 +78,7 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$AGENT_PID"
   stop_pid "$AZURITE_PID"
+  [ -n "$W" ] && { chattr -R -i "$W" 2>/dev/null || true; } # immutable chunk files
   [ -n "$W" ] && rm -rf "$W"
   [ "$rc" -eq 0 ] && say "  ${D}stopped the agent and Azurite, removed the temporary directory${N}"
   exit "$rc"

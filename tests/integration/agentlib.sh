@@ -101,6 +101,7 @@ cleanup() {
   if [ "${BS_KEEP_TMP:-0}" = 1 ]; then
     echo "${SUITE:-agent}: kept $T" >&2
   else
+    chattr -R -i "$T" 2>/dev/null || true # chunk files are immutable where the agent can
     rm -rf "$T"
   fi
   exit "$rc"
@@ -290,6 +291,7 @@ meta_field() { sed -n "s/.*\"$2\": *\"\\{0,1\\}\\([^\",}]*\\).*/\\1/p" "$1.meta"
 # flip_byte FILE OFFSET: inverts one byte in place.
 flip_byte() {
   local b
+  chattr -i "$1" 2>/dev/null || true # a disk fault bypasses the agent's immutable flag
   b=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
   # shellcheck disable=SC2059 # the format is the one octal escape of the new byte
   printf "$(printf '\\%03o' $((255 - b)))" |

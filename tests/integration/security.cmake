@@ -7,6 +7,11 @@ set(BS_SEC_CASES_FILL      # fill.sh: query-string poisoning, path escape, expir
 )
 
 set(BS_SEC_CASES_STORE     # store.sh: permissions, tampering, planted links, tenant share
+  store_modes 90
+  store_tamper 90
+  store_link_chunk 90
+  store_link_fanout 90
+  store_tenant_share 180
 )
 
 set(BS_SEC_CASES_CONN      # conn.sh: connection exhaustion, fair fills, drain

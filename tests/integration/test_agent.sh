@@ -113,6 +113,7 @@ case_restart() {
   agent_stop a TERM
   local victim
   victim=$(find "$T/a/store" -name '*.chunk' | sort | head -n1)
+  chattr -i "$victim" 2>/dev/null || true # immutable where the agent could make it so
   truncate -s $(($(stat -c %s "$victim") / 2)) "$victim"
   agent_start a
   grep -q "event=store_open .* chunks=$((n - 1)) .*dropped=1" "$T/a/agent.log" ||

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -39,11 +41,37 @@ struct env {
 
 /* ---- helpers ---- */
 
+/* Clears FS_IMMUTABLE_FL (set by the store where it can) and makes the file writable (0600)
+ * so that a test can damage or remove a chunk file as a disk fault or an operator would. */
+static void unprotect(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_IMMUTABLE_FL)) {
+        flags &= ~FS_IMMUTABLE_FL;
+        ioctl(fd, FS_IOC_SETFLAGS, &flags);
+    }
+    fchmod(fd, 0600);
+    close(fd);
+}
+
+static bool immutable(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int flags = 0;
+    bool on = fd >= 0 && ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_IMMUTABLE_FL);
+    if (fd >= 0)
+        close(fd);
+    return on;
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
-    (void)st;
-    (void)flag;
     (void)ftw;
+    if (flag == FTW_F && S_ISREG(st->st_mode))
+        unprotect(path);
     remove(path);
     return 0;
 }
@@ -204,6 +232,7 @@ static bool exists(const char *path)
 
 static void write_file(const char *path, const void *data, size_t len)
 {
+    unprotect(path);
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
     assert_int_equal(fwrite(data, 1, len, f), len);
@@ -537,6 +566,7 @@ static void set_mtime(const char *dir, const struct bs_chunk_key *k, time_t when
     char path[PATH_MAX];
     chunk_path(dir, k, path, sizeof(path));
     struct timespec ts[2] = {{when, 0}, {when, 0}};
+    unprotect(path);
     assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
 }
 
@@ -607,6 +637,312 @@ static void test_restart_with_smaller_budget(void **state)
     expect_consistent(e->dir, e->s);
 }
 
+/* ---- tenants ---- */
+
+/* A chunk of tenant `acct` ("<endpoint>#grid=..." as the agent keys it: the tenant is the
+ * part before '#'). */
+static struct bs_chunk_key tkey(const char *acct, const char *blob, uint64_t index)
+{
+    return (struct bs_chunk_key){acct, "models", blob, ETAG, index};
+}
+
+static uint64_t tenant_chunks(struct bs_store *s, const char *acct, const char *blob, int n)
+{
+    uint64_t held = 0;
+    for (int i = 0; i < n; i++) {
+        struct bs_chunk_key k = tkey(acct, blob, (uint64_t)i);
+        held += has(s, &k);
+    }
+    return held;
+}
+
+/* Tenant B filling the store far past its budget evicts itself, never tenant A, who holds
+ * less than an equal share; the grid suffix does not make another tenant. */
+static void test_tenant_cannot_evict_another(void **state)
+{
+    struct env *e = *state;
+    const char *a = "https://a.example#grid=1", *a2 = "https://a.example#grid=2",
+               *b = "https://b.example#grid=1";
+    uint64_t one = file_bytes(1, CHUNK_LEN) + strlen(a) - 4; /* account of 4 in file_bytes */
+    e->s = open_store(e->dir, 10 * one, 100, 100);
+    for (int i = 0; i < 2; i++) {
+        struct bs_chunk_key k = tkey(a, "A", (uint64_t)i), k2 = tkey(a2, "A", (uint64_t)i);
+        put_ok(e->s, &k, CHUNK_LEN);
+        put_ok(e->s, &k2, CHUNK_LEN);
+    }
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.tenants, 1);
+    for (int i = 0; i < 40; i++) {
+        struct bs_chunk_key k = tkey(b, i % 2 ? "B1" : "B2", (uint64_t)i);
+        put_ok(e->s, &k, CHUNK_LEN);
+    }
+    assert_int_equal(tenant_chunks(e->s, a, "A", 2) + tenant_chunks(e->s, a2, "A", 2), 4);
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.tenants, 2);
+    assert_true(st.bytes <= 10 * one + 40); /* B's blob names are a byte longer */
+    assert_true(st.evicted_chunks >= 34);
+    expect_consistent(e->dir, e->s);
+    /* The scan rebuilds the tenants from the trailers: the share still holds. */
+    bs_store_destroy(e->s);
+    e->s = open_store(e->dir, 10 * one, 100, 100);
+    for (int i = 40; i < 50; i++) {
+        struct bs_chunk_key k = tkey(b, "B3", (uint64_t)i);
+        put_ok(e->s, &k, CHUNK_LEN);
+    }
+    assert_int_equal(tenant_chunks(e->s, a, "A", 2) + tenant_chunks(e->s, a2, "A", 2), 4);
+}
+
+/* A tenant holding more than an equal share is evicted by another's puts down to that share
+ * (budget / tenants), not below; alone, a tenant behaves as before (all of the budget). */
+static void test_tenant_equal_share(void **state)
+{
+    struct env *e = *state;
+    const char *a = "https://a.example#g", *b = "https://b.example#g", *c = "https://c.example#g";
+    uint64_t one = file_bytes(1, CHUNK_LEN) + strlen(a) - 4;
+    e->s = open_store(e->dir, 12 * one, 100, 100);
+    for (int i = 0; i < 12; i++) {
+        struct bs_chunk_key k = tkey(a, "A", (uint64_t)i);
+        put_ok(e->s, &k, CHUNK_LEN); /* one version of 12 chunks: the whole budget */
+    }
+    assert_int_equal(tenant_chunks(e->s, a, "A", 12), 12);
+    for (int i = 0; i < 30; i++) {
+        struct bs_chunk_key k = tkey(b, "B", (uint64_t)i);
+        put_ok(e->s, &k, CHUNK_LEN);
+    }
+    /* A's version is not taken whole: single chunks, down to 12 / 2. */
+    assert_int_equal(tenant_chunks(e->s, a, "A", 12), 6);
+    assert_int_equal(tenant_chunks(e->s, b, "B", 30), 6);
+    /* The oldest of A went first. */
+    struct bs_chunk_key old = tkey(a, "A", 0), recent = tkey(a, "A", 11);
+    assert_false(has(e->s, &old));
+    assert_true(has(e->s, &recent));
+    for (int i = 0; i < 30; i++) {
+        struct bs_chunk_key k = tkey(c, "C", (uint64_t)i);
+        put_ok(e->s, &k, CHUNK_LEN);
+    }
+    assert_int_equal(tenant_chunks(e->s, a, "A", 12), 4);
+    assert_int_equal(tenant_chunks(e->s, b, "B", 30), 4);
+    assert_int_equal(tenant_chunks(e->s, c, "C", 30), 4);
+    expect_consistent(e->dir, e->s);
+}
+
+/* ---- exposure, tampering and planted links ---- */
+
+static unsigned mode_of(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        fail_msg("lstat %s: %s", path, strerror(errno));
+    assert_int_equal(st.st_uid, geteuid());
+    return (unsigned)(st.st_mode & 07777);
+}
+
+static void expect_modes(const char *dir, const char *chunk)
+{
+    char p[PATH_MAX];
+    assert_int_equal(mode_of(dir), 0700);
+    for (int i = 0; i < 256; i += 51) {
+        snprintf(p, sizeof(p), "%s/%02x", dir, i);
+        assert_int_equal(mode_of(p), 0700);
+    }
+    snprintf(p, sizeof(p), "%s/tmp", dir);
+    assert_int_equal(mode_of(p), 0700);
+    snprintf(p, sizeof(p), "%s/lock", dir);
+    assert_int_equal(mode_of(p), 0600);
+    assert_int_equal(mode_of(chunk), 0400);
+    char *slash = strrchr(chunk, '/');
+    snprintf(p, sizeof(p), "%.*s", (int)(slash - chunk), chunk);
+    assert_int_equal(mode_of(p), 0700);
+}
+
+/* Directories 0700 and files 0400 whatever the umask; wider modes of an existing store are
+ * tightened at start; chunk files are immutable where the store says it protects them, so
+ * that even root without CAP_LINUX_IMMUTABLE cannot open them for writing. */
+static void test_modes_and_protection(void **state)
+{
+    struct env *e = *state;
+    char dir[PATH_MAX], p[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/store", e->dir);
+    mode_t old = umask(0277); /* would make a mkdir 0700 into 0500 */
+    e->s = open_store(dir, 64 << 20, 90, 70);
+    struct bs_chunk_key k = key_of("blob", 3);
+    put_ok(e->s, &k, 2 * BLOCK + 1);
+    umask(0);
+    struct bs_chunk_key k2 = key_of("blob", 4);
+    put_ok(e->s, &k2, 2 * BLOCK);
+    umask(old);
+    chunk_path(dir, &k, p, sizeof(p));
+    expect_modes(dir, p);
+    chunk_path(dir, &k2, p, sizeof(p));
+    expect_modes(dir, p);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    print_message("tamper protection here: %s\n", bs_store_protection_name(st.protection));
+    assert_int_equal(st.protect_errors, 0);
+    if (st.protection == BS_STORE_PROTECT_IMMUTABLE) {
+        assert_true(immutable(p));
+        assert_int_equal(open(p, O_RDWR), -1);
+        assert_int_equal(errno, EPERM);
+    } else {
+        assert_false(immutable(p));
+    }
+    /* An older store: 0755 directories, 0444 files, not immutable. Tightened at start. */
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    unprotect(p);
+    assert_int_equal(chmod(p, 0444), 0);
+    assert_int_equal(chmod(dir, 0755), 0);
+    char sub[PATH_MAX];
+    snprintf(sub, sizeof(sub), "%.*s", (int)(strrchr(p, '/') - p), p);
+    assert_int_equal(chmod(sub, 0755), 0);
+    e->s = open_store(dir, 64 << 20, 90, 70);
+    expect_modes(dir, p);
+    assert_int_equal(immutable(p), st.protection == BS_STORE_PROTECT_IMMUTABLE);
+    expect_chunk(e->s, &k2, 2 * BLOCK);
+    /* Eviction and drops remove immutable files. */
+    bs_store_drop(e->s, &k2);
+    assert_false(exists(p));
+    expect_consistent(dir, e->s);
+}
+
+/* A chunk file replaced by a link to another file while the store runs: never opened
+ * through it; the chunk is dropped (the link removed, its target untouched) and refillable. */
+static void test_planted_chunk_link(void **state)
+{
+    struct env *e = *state;
+    char dir[PATH_MAX], p[PATH_MAX], secret[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/store", e->dir);
+    snprintf(secret, sizeof(secret), "%s/secret", e->dir);
+    e->s = open_store(dir, 64 << 20, 90, 70);
+    struct bs_chunk_key k = key_of("blob", 0);
+    size_t len = 2 * BLOCK;
+    put_ok(e->s, &k, len);
+    chunk_path(dir, &k, p, sizeof(p));
+    /* Same size as the chunk file, so only the link itself can give it away. */
+    size_t flen = file_size(p);
+    unsigned char *junk = malloc(flen);
+    memset(junk, 'S', flen);
+    write_file(secret, junk, flen);
+    assert_int_equal(chmod(secret, 0600), 0);
+    unprotect(p);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(symlink(secret, p), 0);
+    struct bs_chunk_ref *r;
+    assert_int_equal(bs_store_get(e->s, &k, &r), 0);
+    assert_int_equal(bs_chunk_ref_open(r), -ENOENT);
+    bs_store_release(e->s, r);
+    assert_false(has(e->s, &k));
+    struct stat st;
+    assert_int_equal(lstat(p, &st), -1); /* the link is gone ... */
+    size_t slen;
+    unsigned char *b = slurp(secret, &slen); /* ... what it pointed to is not */
+    assert_int_equal(slen, flen);
+    assert_memory_equal(b, junk, flen);
+    free(b);
+    /* A copy of a chunk file (another uid's, or hard-linked elsewhere) is not served either. */
+    put_ok(e->s, &k, len);
+    unprotect(p);
+    char hl[PATH_MAX];
+    snprintf(hl, sizeof(hl), "%s/hardlink", e->dir);
+    assert_int_equal(link(p, hl), 0);
+    assert_int_equal(bs_store_get(e->s, &k, &r), 0);
+    assert_int_equal(bs_chunk_ref_open(r), -ENOENT);
+    bs_store_release(e->s, r);
+    assert_true(exists(hl));
+    put_ok(e->s, &k, len);
+    expect_chunk(e->s, &k, len);
+    free(junk);
+    struct bs_store_stats ss;
+    bs_store_get_stats(e->s, &ss);
+    assert_int_equal(ss.dropped_corrupt, 2);
+    expect_consistent(dir, e->s);
+}
+
+/* Links planted while the store was closed: a fan-out directory and tmp/ replaced by links
+ * to directories holding decoys, the lock file and a chunk file by links to files. The scan
+ * removes the links themselves; every decoy survives; the store works. */
+static void test_planted_links_at_scan(void **state)
+{
+    struct env *e = *state;
+    char dir[128], p[PATH_MAX], q[PATH_MAX], victim[128], decoy[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/store", e->dir);
+    snprintf(victim, sizeof(victim), "%s/victim", e->dir);
+    assert_int_equal(mkdir(victim, 0700), 0);
+    e->s = open_store(dir, 64 << 20, 90, 70);
+    struct bs_chunk_key k = key_of("blob", 0), k2 = key_of("blob", 1);
+    put_ok(e->s, &k, 2 * BLOCK);
+    put_ok(e->s, &k2, 2 * BLOCK);
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    /* The fan-out directory of k: moved away, a link to victim/ in its place, and a decoy
+     * there that looks like a damaged chunk (the scan deletes those). */
+    chunk_path(dir, &k, p, sizeof(p));
+    char *slash = strrchr(p, '/');
+    snprintf(q, sizeof(q), "%.*s", (int)(slash - p), p);
+    snprintf(decoy, sizeof(decoy), "%s%s", victim, slash);
+    unsigned char junk[3 * BLOCK];
+    memset(junk, 0x5a, sizeof(junk));
+    write_file(decoy, junk, sizeof(junk));
+    unprotect(p);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(rmdir(q), 0);
+    assert_int_equal(symlink(victim, q), 0);
+    /* tmp/ -> a directory with a decoy "partial" file. */
+    char tmpdecoy[PATH_MAX];
+    snprintf(tmpdecoy, sizeof(tmpdecoy), "%s/x.tmp", victim);
+    write_file(tmpdecoy, "keep", 4);
+    snprintf(q, sizeof(q), "%s/tmp", dir);
+    assert_int_equal(rmdir(q), 0);
+    assert_int_equal(symlink(victim, q), 0);
+    /* lock -> a file; k2's chunk file -> a file. */
+    char lockdecoy[PATH_MAX], chunkdecoy[PATH_MAX];
+    snprintf(lockdecoy, sizeof(lockdecoy), "%s/lockdecoy", victim);
+    write_file(lockdecoy, "keep", 4);
+    snprintf(q, sizeof(q), "%s/lock", dir);
+    assert_int_equal(unlink(q), 0);
+    assert_int_equal(symlink(lockdecoy, q), 0);
+    chunk_path(dir, &k2, p, sizeof(p));
+    snprintf(chunkdecoy, sizeof(chunkdecoy), "%s/chunkdecoy", victim);
+    write_file(chunkdecoy, junk, sizeof(junk));
+    unprotect(p);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(symlink(chunkdecoy, p), 0);
+
+    e->s = open_store(dir, 64 << 20, 90, 70);
+    assert_true(exists(decoy));
+    assert_true(exists(tmpdecoy));
+    assert_true(exists(lockdecoy));
+    assert_true(exists(chunkdecoy));
+    size_t n;
+    unsigned char *b = slurp(lockdecoy, &n);
+    assert_int_equal(n, 4);
+    free(b);
+    struct stat st;
+    chunk_path(dir, &k, p, sizeof(p));
+    snprintf(q, sizeof(q), "%.*s", (int)(strrchr(p, '/') - p), p);
+    assert_int_equal(lstat(q, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    chunk_path(dir, &k2, p, sizeof(p));
+    assert_int_equal(lstat(p, &st), -1);
+    assert_false(has(e->s, &k));
+    assert_false(has(e->s, &k2));
+    put_ok(e->s, &k, 2 * BLOCK);
+    put_ok(e->s, &k2, 2 * BLOCK);
+    expect_chunk(e->s, &k, 2 * BLOCK);
+    expect_chunk(e->s, &k2, 2 * BLOCK);
+    expect_consistent(dir, e->s);
+    /* The store directory itself must not be a link. */
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    snprintf(q, sizeof(q), "%s/store-link", e->dir);
+    assert_int_equal(symlink(dir, q), 0);
+    struct bs_store_opts o = {q, 64 << 20, 90, 70, BLOCK};
+    char err[256] = "";
+    assert_null(bs_store_create(&o, err, sizeof(err)));
+    assert_non_null(strstr(err, "link"));
+}
+
 /* ---- damaged files ---- */
 
 static void test_corrupt_truncated(void **state)
@@ -623,6 +959,9 @@ static void test_corrupt_truncated(void **state)
     chunk_path(e->dir, &k, path, sizeof(path));
     chunk_path(e->dir, &k2, path2, sizeof(path2));
     chunk_path(e->dir, &k3, path3, sizeof(path3));
+    unprotect(path);
+    unprotect(path2);
+    unprotect(path3);
     assert_int_equal(truncate(path, (off_t)(file_size(path) - 1)), 0); /* loses the end magic */
     assert_int_equal(truncate(path2, 2 * BLOCK), 0);                   /* loses the trailer */
     assert_int_equal(truncate(path3, 0), 0);
@@ -730,11 +1069,13 @@ static void test_corrupt_trailers_and_names(void **state)
     /* A valid chunk under another key's name. */
     chunk_path(e->dir, &renamed, p, sizeof(p));
     chunk_path(e->dir, &garbage, q, sizeof(q));
+    unprotect(p);
     assert_int_equal(rename(p, q), 0);
     /* A valid chunk in the wrong fan-out directory. */
     chunk_path(e->dir, &moved, p, sizeof(p));
     char *slash = strrchr(p, '/');
     snprintf(q, sizeof(q), "%s/%s%s", e->dir, strncmp(slash - 2, "00", 2) ? "00" : "01", slash);
+    unprotect(p);
     assert_int_equal(rename(p, q), 0);
     /* Garbage under a well-formed name, and a short file; a name that is not 64 hex digits. */
     unsigned char junk[3 * BLOCK];
@@ -1055,6 +1396,11 @@ int main(void)
         T(test_restart_scan),
         T(test_restart_lru_from_mtime),
         T(test_restart_with_smaller_budget),
+        T(test_tenant_cannot_evict_another),
+        T(test_tenant_equal_share),
+        T(test_modes_and_protection),
+        T(test_planted_chunk_link),
+        T(test_planted_links_at_scan),
         T(test_corrupt_truncated),
         T(test_corrupt_data_byte),
         T(test_corrupt_trailers_and_names),
