@@ -237,7 +237,13 @@ static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, co
         *con_cls = b;
         atomic_fetch_add(&h->busy, 1);
         struct hconn *hc = hconn_of(c);
-        if (hc && hc->over) {
+        int over = 0;
+        if (hc) {
+            pthread_mutex_lock(&h->lock);
+            over = hc->over;
+            pthread_mutex_unlock(&h->lock);
+        }
+        if (over) {
             bs_metric_add(h->m_refused, "max_per_ip", 1);
             return send_text(h, c, 503, "text/plain", "too many connections from this address\n");
         }

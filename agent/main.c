@@ -203,8 +203,9 @@ static int check_flags(int argc, char **argv, char *err, size_t errsz)
     return 0;
 }
 
-/* Settings that bound one another: the answer deadline holds every wait of a request; a
- * per-peer or per-tenant share is at most the whole. Returns 0 or -EINVAL with a message. */
+/* Settings that bound one another: the answer deadline holds every wait of a request (an
+ * error otherwise); a per-peer or per-tenant share is at most the whole (lowered to it).
+ * Returns 0 or -EINVAL with a message. */
 static int check_consistent(struct agent_config *c, unsigned *mode, char *err, size_t errsz)
 {
     char *end = NULL;
@@ -229,15 +230,15 @@ static int check_consistent(struct agent_config *c, unsigned *mode, char *err, s
                  c->fill_wait_ms, c->answer_ms, c->check_ms);
         return -EINVAL;
     }
+    /* A share larger than the whole is the whole. */
     if (c->tenant_workers == 0)
         c->tenant_workers = c->fill_workers * 3 / 4 > 0 ? c->fill_workers * 3 / 4 : 1;
-    if (c->tenant_workers > c->fill_workers || c->tenant_queue > c->fill_queue ||
-        c->max_per_peer > c->max_clients) {
-        snprintf(err, errsz,
-                 "need FILL_WORKERS_PER_TENANT <= FILL_WORKERS, FILL_QUEUE_PER_TENANT <= "
-                 "FILL_QUEUE and MAX_CLIENTS_PER_PEER <= MAX_CLIENTS");
-        return -EINVAL;
-    }
+    if (c->tenant_workers > c->fill_workers)
+        c->tenant_workers = c->fill_workers;
+    if (c->tenant_queue > c->fill_queue)
+        c->tenant_queue = c->fill_queue;
+    if (c->max_per_peer > c->max_clients)
+        c->max_per_peer = c->max_clients;
     if (!c->socket_path[0] && !c->listen[0]) {
         snprintf(err, errsz, "neither a socket nor a listen address configured");
         return -EINVAL;
