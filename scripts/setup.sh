@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libhiredis-dev libcmocka-dev
-  redis-server curl openssl iproute2 procps prometheus
+  redis-server curl openssl iproute2 procps prometheus python3
 )
 # Node.js and npm run Azurite and the test fixtures. Any installation will do (the machine
 # image may bring its own); Debian's packages only when there is none.

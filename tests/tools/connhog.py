@@ -57,6 +57,8 @@ def main():
     if a.kind == 'tcp' and a.target[0] not in ('127.0.0.1', 'localhost'):
         sys.exit('connhog: tcp targets are loopback only')
     if a.uid is not None:
+        if os.geteuid() != 0:
+            sys.exit('connhog: --uid needs root (the adversarial suite runs as root)')
         os.setgroups([])
         os.setgid(a.uid)
         os.setuid(a.uid)
