@@ -1,14 +1,21 @@
-/* HTTP API (see httpsrv.h). Request bodies are collected up to BS_PROTO_MAX_FRAME per
- * connection and freed when MHD reports the request completed. */
+/* HTTP API (see httpsrv.h). Each request has a context from its first callback until MHD
+ * reports it completed (its answer sent or abandoned): the drain counts those. Request bodies
+ * are collected there up to BS_PROTO_MAX_FRAME. Each connection is tracked (MHD's connection
+ * notifications) in a list that a reaper thread scans: it shuts down connections past their
+ * request-read deadline or lifetime that are not sending an answer. The list's lock is held
+ * from the lookup to the shutdown, and MHD closes a socket only after its CLOSED
+ * notification, which takes the lock: a descriptor is never shut down after its close. */
 #include "httpsrv.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,19 +28,40 @@
 #include "service.h"
 #include "store.h"
 
+#define REAP_MS 100 /* how often the reaper looks at the connections */
+
+/* One open connection. */
+struct hconn {
+    struct hconn *prev, *next;
+    int fd;
+    uint32_t ip; /* IPv4, network order */
+    uint64_t born_ns;
+    uint64_t wait_since_ns; /* start of the wait for the next request */
+    int sending;            /* an answer is queued and not yet completed */
+    int over;               /* opened past the per-IP limit: its request gets 503 */
+    int cut;                /* shut down by the reaper */
+};
+
 struct bs_httpsrv {
     struct MHD_Daemon *d;
     int port;
+    struct bs_httpsrv_opts o;
     atomic_int ready;
-    atomic_int busy; /* requests being answered */
+    atomic_int busy;      /* requests from their first callback until completed */
+    pthread_mutex_t lock; /* conns */
+    struct hconn *conns;
+    pthread_t reaper;
+    int reaper_started;
+    atomic_int stop;
     struct bs_service *svc;
     struct bs_metrics *metrics;
     struct bs_store *store;
     struct bs_metric *m_store_bytes, *m_store_budget, *m_store_chunks, *m_store_blobs,
         *m_evicted_chunks, *m_evicted_bytes, *m_dropped, *m_put_errors, *m_http, *m_inflight,
-        *m_seconds;
+        *m_seconds, *m_refused;
 };
 
+/* One request's context (MHD's con_cls): the body of a chunk request. */
 struct body {
     size_t len;
     int too_large;
@@ -43,15 +71,53 @@ struct body {
 static const double serve_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                        0.025,  0.05,    0.1,    0.25,  0.5,    1,     5};
 
-static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, const char *type,
-                                 const char *text)
+static struct hconn *hconn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *i =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return i ? i->socket_context : NULL;
+}
+
+/* Queues every answer: marks the connection as sending (the reaper leaves it alone) and,
+ * past the connection's lifetime or opened over the per-IP limit, asks MHD to close it once
+ * the answer is sent. */
+static enum MHD_Result queue(struct bs_httpsrv *h, struct MHD_Connection *c, unsigned status,
+                             struct MHD_Response *r)
+{
+    struct hconn *hc = hconn_of(c);
+    int close_after = 0;
+    if (hc) {
+        pthread_mutex_lock(&h->lock);
+        hc->sending = 1;
+        close_after =
+            hc->over || bs_now_ns() - hc->born_ns >= (uint64_t)h->o.lifetime_ms * 1000000ull;
+        pthread_mutex_unlock(&h->lock);
+    }
+    if (close_after)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    return MHD_queue_response(c, status, r);
+}
+
+/* From here the request is being answered: the reaper leaves the connection alone. */
+static void mark_answering(struct bs_httpsrv *h, struct MHD_Connection *c)
+{
+    struct hconn *hc = hconn_of(c);
+    if (!hc)
+        return;
+    pthread_mutex_lock(&h->lock);
+    hc->sending = 1;
+    pthread_mutex_unlock(&h->lock);
+}
+
+static enum MHD_Result send_text(struct bs_httpsrv *h, struct MHD_Connection *c, unsigned status,
+                                 const char *type, const char *text)
 {
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, "Content-Type", type);
-    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    enum MHD_Result ret = queue(h, c, status, r);
     MHD_destroy_response(r);
     return ret;
 }
@@ -76,14 +142,14 @@ static enum MHD_Result serve_metrics(struct bs_httpsrv *h, struct MHD_Connection
     size_t len = 0;
     char *text = bs_metrics_render(h->metrics, &len);
     if (!text)
-        return send_text(c, 500, "text/plain", "out of memory\n");
+        return send_text(h, c, 500, "text/plain", "out of memory\n");
     struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
     if (!r) {
         free(text);
         return MHD_NO;
     }
     MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    enum MHD_Result ret = queue(h, c, 200, r);
     MHD_destroy_response(r);
     return ret;
 }
@@ -143,7 +209,7 @@ static enum MHD_Result serve_chunk(struct bs_httpsrv *h, struct MHD_Connection *
     if (r) {
         MHD_add_response_header(r, BS_PROTO_META_HDR, json);
         MHD_add_response_header(r, "Content-Type", "application/octet-stream");
-        ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+        ret = queue(h, c, MHD_HTTP_OK, r);
         MHD_destroy_response(r);
     }
     free(json);
@@ -160,15 +226,31 @@ static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, co
                               const char *method, const char *upload_data, size_t *upload_data_size,
                               void **con_cls)
 {
-    if (strcmp(method, "POST") == 0 && strcmp(url, "/v1/chunk") == 0) {
-        struct body *b = *con_cls;
-        if (!b) {
-            b = calloc(1, sizeof(*b) + BS_PROTO_MAX_FRAME + 1);
-            if (!b)
-                return MHD_NO;
-            *con_cls = b;
-            return MHD_YES;
+    int is_chunk = strcmp(method, "POST") == 0 && strcmp(url, "/v1/chunk") == 0;
+    struct body *b = *con_cls;
+    if (!b) {
+        /* The request's first callback: its context lives until MHD reports it completed,
+         * answer sent or abandoned, and the drain waits for that. */
+        b = calloc(1, sizeof(*b) + (is_chunk ? BS_PROTO_MAX_FRAME + 1 : 0));
+        if (!b)
+            return MHD_NO;
+        *con_cls = b;
+        atomic_fetch_add(&h->busy, 1);
+        struct hconn *hc = hconn_of(c);
+        int over = 0;
+        if (hc) {
+            pthread_mutex_lock(&h->lock);
+            over = hc->over;
+            pthread_mutex_unlock(&h->lock);
         }
+        if (over) {
+            bs_metric_add(h->m_refused, "max_per_ip", 1);
+            return send_text(h, c, 503, "text/plain", "too many connections from this address\n");
+        }
+        if (is_chunk)
+            return MHD_YES;
+    }
+    if (is_chunk) {
         if (*upload_data_size) {
             if (b->len + *upload_data_size > BS_PROTO_MAX_FRAME)
                 b->too_large = 1;
@@ -179,8 +261,9 @@ static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, co
             return MHD_YES;
         }
         bs_metric_add(h->m_http, "chunk", 1);
+        mark_answering(h, c);
         if (b->too_large)
-            return send_text(c, 413, "text/plain", "request too large\n");
+            return send_text(h, c, 413, "text/plain", "request too large\n");
         char op[16], err[128];
         if (bs_proto_decode_op(b->data, b->len, op, sizeof(op), err, sizeof(err)) == 0 &&
             strcmp(op, "corrupt") == 0) {
@@ -188,7 +271,7 @@ static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, co
             if (req && bs_proto_decode_req(b->data, b->len, req, err, sizeof(err)) == 0)
                 bs_service_report_corrupt(h->svc, req);
             free(req);
-            return send_text(c, 200, "text/plain", "noted\n");
+            return send_text(h, c, 200, "text/plain", "noted\n");
         }
         bs_metric_add(h->m_inflight, "http", 1);
         enum MHD_Result ret = serve_chunk(h, c, b);
@@ -197,7 +280,7 @@ static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, co
     }
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
         bs_metric_add(h->m_http, "other", 1);
-        return send_text(c, 405, "text/plain", "method not allowed\n");
+        return send_text(h, c, 405, "text/plain", "method not allowed\n");
     }
     if (strcmp(url, "/metrics") == 0) {
         bs_metric_add(h->m_http, "metrics", 1);
@@ -205,15 +288,15 @@ static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, co
     }
     if (strcmp(url, "/healthz") == 0) {
         bs_metric_add(h->m_http, "healthz", 1);
-        return send_text(c, 200, "text/plain", "ok\n");
+        return send_text(h, c, 200, "text/plain", "ok\n");
     }
     if (strcmp(url, "/readyz") == 0) {
         bs_metric_add(h->m_http, "readyz", 1);
-        return atomic_load(&h->ready) ? send_text(c, 200, "text/plain", "ready\n")
-                                      : send_text(c, 503, "text/plain", "not ready\n");
+        return atomic_load(&h->ready) ? send_text(h, c, 200, "text/plain", "ready\n")
+                                      : send_text(h, c, 503, "text/plain", "not ready\n");
     }
     bs_metric_add(h->m_http, "other", 1);
-    return send_text(c, 404, "text/plain", "not found\n");
+    return send_text(h, c, 404, "text/plain", "not found\n");
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -221,27 +304,104 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   size_t *upload_data_size, void **con_cls)
 {
     (void)version;
-    struct bs_httpsrv *h = cls;
-    atomic_fetch_add(&h->busy, 1);
-    enum MHD_Result r = handle(h, c, url, method, upload_data, upload_data_size, con_cls);
-    atomic_fetch_sub(&h->busy, 1);
-    return r;
+    return handle(cls, c, url, method, upload_data, upload_data_size, con_cls);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)c;
+    struct bs_httpsrv *h = cls;
     (void)toe;
-    free(*con_cls);
-    *con_cls = NULL;
+    struct hconn *hc = hconn_of(c);
+    if (hc) {
+        pthread_mutex_lock(&h->lock);
+        hc->sending = 0;
+        hc->wait_since_ns = bs_now_ns();
+        pthread_mutex_unlock(&h->lock);
+    }
+    if (*con_cls) {
+        free(*con_cls);
+        *con_cls = NULL;
+        atomic_fetch_sub(&h->busy, 1);
+    }
 }
 
-struct bs_httpsrv *bs_httpsrv_create(const char *listen, int max_conns, struct bs_service *svc,
+/* Tracks connections: a struct hconn from STARTED to CLOSED, charged to its client IP. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct bs_httpsrv *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct hconn *hc = calloc(1, sizeof(*hc));
+        *socket_context = hc;
+        if (!hc)
+            return; /* untracked: MHD's idle timeout and limits still apply */
+        const union MHD_ConnectionInfo *i =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        hc->fd = i ? i->connect_fd : -1;
+        i = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (i && i->client_addr && i->client_addr->sa_family == AF_INET)
+            hc->ip = ((const struct sockaddr_in *)(const void *)i->client_addr)->sin_addr.s_addr;
+        hc->born_ns = hc->wait_since_ns = bs_now_ns();
+        pthread_mutex_lock(&h->lock);
+        int same = 0;
+        for (struct hconn *o = h->conns; o; o = o->next)
+            same += o->ip == hc->ip;
+        hc->over = same >= h->o.max_per_ip;
+        hc->next = h->conns;
+        if (h->conns)
+            h->conns->prev = hc;
+        h->conns = hc;
+        pthread_mutex_unlock(&h->lock);
+        return;
+    }
+    struct hconn *hc = *socket_context;
+    if (toe != MHD_CONNECTION_NOTIFY_CLOSED || !hc)
+        return;
+    pthread_mutex_lock(&h->lock);
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        h->conns = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    pthread_mutex_unlock(&h->lock);
+    free(hc);
+    *socket_context = NULL;
+}
+
+/* Shuts down the connections that wait too long for their request (slowloris) or outlived
+ * their lifetime, unless they are sending an answer (those close after it, see queue). */
+static void *reaper_main(void *arg)
+{
+    struct bs_httpsrv *h = arg;
+    uint64_t read_ns = (uint64_t)h->o.request_read_ms * 1000000ull;
+    uint64_t life_ns = (uint64_t)h->o.lifetime_ms * 1000000ull;
+    while (!atomic_load(&h->stop)) {
+        struct timespec ts = {0, REAP_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        uint64_t now = bs_now_ns();
+        pthread_mutex_lock(&h->lock);
+        for (struct hconn *hc = h->conns; hc; hc = hc->next) {
+            if (hc->sending || hc->cut || hc->fd < 0)
+                continue;
+            int slow = now - hc->wait_since_ns >= read_ns;
+            if (slow || now - hc->born_ns >= life_ns) {
+                shutdown(hc->fd, SHUT_RDWR);
+                hc->cut = 1;
+                bs_metric_add(h->m_refused, slow ? "request_read_timeout" : "lifetime", 1);
+            }
+        }
+        pthread_mutex_unlock(&h->lock);
+    }
+    return NULL;
+}
+
+struct bs_httpsrv *bs_httpsrv_create(const struct bs_httpsrv_opts *o, struct bs_service *svc,
                                      struct bs_metrics *metrics, struct bs_store *store, char *err,
                                      size_t errsz)
 {
+    const char *listen = o->listen;
     char host[64];
     unsigned port;
     const char *colon = strrchr(listen, ':');
@@ -263,6 +423,9 @@ struct bs_httpsrv *bs_httpsrv_create(const char *listen, int max_conns, struct b
         snprintf(err, errsz, "out of memory");
         return NULL;
     }
+    h->o = *o;
+    h->o.listen = NULL;
+    pthread_mutex_init(&h->lock, NULL);
     h->svc = svc;
     h->metrics = metrics;
     h->store = store;
@@ -287,15 +450,35 @@ struct bs_httpsrv *bs_httpsrv_create(const char *listen, int max_conns, struct b
     h->m_seconds = bs_metrics_histogram(
         metrics, "blobswarm_agent_serve_seconds", "Time to answer one chunk request, by transport.",
         "transport", serve_buckets, sizeof(serve_buckets) / sizeof(serve_buckets[0]));
-    h->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                                MHD_USE_ITC | MHD_USE_ERROR_LOG,
-                            (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
-                            (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)max_conns, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(256 * 1024), MHD_OPTION_END);
+    h->m_refused = bs_metrics_counter(metrics, "blobswarm_agent_http_refused_total",
+                                      "HTTP connections refused or cut, by reason.", "reason");
+    /* MHD closes connections past twice the per-IP limit at once, without an answer; those
+     * between the limit and twice it are answered 503 (see on_connection). MHD's idle timeout
+     * backs the reaper up for answers a client stops reading. */
+    unsigned hard_per_ip = (unsigned)(2 * o->max_per_ip);
+    if (hard_per_ip > (unsigned)o->max_clients)
+        hard_per_ip = (unsigned)o->max_clients;
+    unsigned idle_s = (unsigned)((o->request_read_ms + 999) / 1000);
+    if (pthread_create(&h->reaper, NULL, reaper_main, h) != 0) {
+        snprintf(err, errsz, "cannot start a thread");
+        pthread_mutex_destroy(&h->lock);
+        free(h);
+        return NULL;
+    }
+    h->reaper_started = 1;
+    h->d = MHD_start_daemon(
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+            MHD_USE_ERROR_LOG,
+        (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_clients, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        hard_per_ip, MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(256 * 1024), MHD_OPTION_END);
     if (!h->d) {
         snprintf(err, errsz, "cannot listen on %s: %s", listen, strerror(errno));
+        atomic_store(&h->stop, 1);
+        pthread_join(h->reaper, NULL);
+        pthread_mutex_destroy(&h->lock);
         free(h);
         return NULL;
     }
@@ -323,7 +506,8 @@ int bs_httpsrv_destroy(struct bs_httpsrv *h, long drain_ms)
     MHD_socket s = MHD_quiesce_daemon(h->d);
     if (s != MHD_INVALID_SOCKET)
         close(s);
-    /* Idle keep-alive connections do not hold a drain back; requests in progress do. */
+    /* Idle keep-alive connections do not hold a drain back; requests in progress do, until
+     * their answers are sent. */
     uint64_t deadline = bs_now_ns() + (uint64_t)drain_ms * 1000000ull;
     int busy;
     while ((busy = atomic_load(&h->busy)) > 0 && bs_now_ns() < deadline) {
@@ -335,6 +519,9 @@ int bs_httpsrv_destroy(struct bs_httpsrv *h, long drain_ms)
         return busy;
     }
     MHD_stop_daemon(h->d);
+    atomic_store(&h->stop, 1);
+    pthread_join(h->reaper, NULL);
+    pthread_mutex_destroy(&h->lock);
     free(h);
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@
 
 struct agent_config {
     char socket_path[BS_CFG_STR_MAX];
+    char socket_mode[BS_CFG_STR_MAX];
     char listen[BS_CFG_STR_MAX];
     char port_file[BS_CFG_STR_MAX];
     char store_dir[BS_CFG_STR_MAX];
@@ -36,9 +38,12 @@ struct agent_config {
     long long high_pct, low_pct;
     long long chunk_bytes, block_bytes;
     long long fill_workers, fill_queue, fill_wait_ms;
+    long long tenant_workers, tenant_queue;
+    long long answer_ms, check_ms;
     char allowed[BS_CFG_STR_MAX];
     long long grant_ttl_ms, max_grants;
-    long long max_clients;
+    long long max_clients, max_per_peer;
+    long long conn_lifetime_ms, conn_idle_ms, request_read_ms;
     long long drain_ms;
     long long origin_connections, origin_deadline_ms;
     char ca_bundle[BS_CFG_STR_MAX];
@@ -49,6 +54,8 @@ struct agent_config {
 static const struct bs_cfg_entry agent_settings[] = {
     {"BLOBSWARM_AGENT_SOCKET", BS_CFG_STR, 0, 107, "/run/blobswarm/agent.sock", F(socket_path),
      "Unix socket for the shims of this node (descriptor passing); empty: none", 0},
+    {"BLOBSWARM_AGENT_SOCKET_MODE", BS_CFG_STR, 1, 4, "0660", F(socket_mode),
+     "permissions of the socket file, octal (0600, 0660, 0666; root ignores them)", 0},
     {"BLOBSWARM_AGENT_LISTEN", BS_CFG_STR, 0, 64, "0.0.0.0:8787", F(listen),
      "HTTP API address IPv4:port (port 0: any free one); empty: none", 0},
     {"BLOBSWARM_AGENT_PORT_FILE", BS_CFG_STR, 0, 1000, "", F(port_file),
@@ -69,9 +76,17 @@ static const struct bs_cfg_entry agent_settings[] = {
     {"BLOBSWARM_FILL_QUEUE", BS_CFG_INT, 1, 100000, "256", F(fill_queue),
      "fills waiting for a worker; beyond this requests get CACHEMISS", 0},
     {"BLOBSWARM_FILL_WAIT_MS", BS_CFG_MS, 10, 600000, "2000", F(fill_wait_ms),
-     "a request waits this long for its fill before answering CACHEMISS (keep it under the "
-     "shim's BLOBSWARM_AGENT_TIMEOUT_MS)",
+     "a request waits at most this long for its fill (at most BLOBSWARM_ANSWER_MS)", 0},
+    {"BLOBSWARM_FILL_WORKERS_PER_TENANT", BS_CFG_INT, 0, 256, "0", F(tenant_workers),
+     "fill workers one storage endpoint may use at once; 0: three quarters of FILL_WORKERS", 0},
+    {"BLOBSWARM_FILL_QUEUE_PER_TENANT", BS_CFG_INT, 1, 100000, "64", F(tenant_queue),
+     "fills one storage endpoint may have waiting; beyond this its requests get CACHEMISS", 0},
+    {"BLOBSWARM_ANSWER_MS", BS_CFG_MS, 100, 600000, "4000", F(answer_ms),
+     "every chunk request is answered within this (access check, HEAD and fill wait "
+     "included), CACHEMISS past it; keep it under the shim's BLOBSWARM_AGENT_TIMEOUT_MS",
      0},
+    {"BLOBSWARM_CHECK_MS", BS_CFG_MS, 50, 600000, "2000", F(check_ms),
+     "limit of one access check (HEAD to Azure); must be below BLOBSWARM_ANSWER_MS", 0},
     {"BLOBSWARM_ALLOWED_ENDPOINTS", BS_CFG_STR, 1, 1000,
      "https://*.blob.core.windows.net,https://*.blob.core.chinacloudapi.cn,"
      "https://*.blob.core.usgovcloudapi.net",
@@ -81,6 +96,16 @@ static const struct bs_cfg_entry agent_settings[] = {
     {"BLOBSWARM_MAX_GRANTS", BS_CFG_INT, 16, 10000000, "65536", F(max_grants), "grants kept", 0},
     {"BLOBSWARM_MAX_CLIENTS", BS_CFG_INT, 1, 65536, "1024", F(max_clients),
      "connections per listener (Unix socket, HTTP)", 0},
+    {"BLOBSWARM_MAX_CLIENTS_PER_PEER", BS_CFG_INT, 1, 65536, "256", F(max_per_peer),
+     "connections per peer and listener: Unix by uid + cgroup, HTTP by client IP", 0},
+    {"BLOBSWARM_CONN_LIFETIME_MS", BS_CFG_MS, 1000, 86400000, "600000", F(conn_lifetime_ms),
+     "a connection is closed this long after it was opened (after the request in progress)", 0},
+    {"BLOBSWARM_CONN_IDLE_MS", BS_CFG_MS, 1000, 3600000, "120000", F(conn_idle_ms),
+     "a Unix connection without a request for this long is closed", 0},
+    {"BLOBSWARM_REQUEST_READ_MS", BS_CFG_MS, 100, 600000, "10000", F(request_read_ms),
+     "a request must arrive whole within this: a Unix frame from its first byte, an HTTP "
+     "request from the connection's start or the previous answer (also the HTTP idle limit)",
+     0},
     {"BLOBSWARM_DRAIN_MS", BS_CFG_MS, 0, 600000, "10000", F(drain_ms),
      "on SIGTERM, time given to requests in progress", 0},
     {"BLOBSWARM_ORIGIN_CONNECTIONS", BS_CFG_INT, 1, 1024, "64", F(origin_connections),
@@ -178,6 +203,99 @@ static int check_flags(int argc, char **argv, char *err, size_t errsz)
     return 0;
 }
 
+/* Settings that bound one another: the answer deadline holds every wait of a request (an
+ * error otherwise); a per-peer or per-tenant share is at most the whole (lowered to it).
+ * Returns 0 or -EINVAL with a message. */
+static int check_consistent(struct agent_config *c, unsigned *mode, char *err, size_t errsz)
+{
+    char *end = NULL;
+    unsigned long m = strtoul(c->socket_mode, &end, 8);
+    if (!*c->socket_mode || *end || m > 0777) {
+        snprintf(err, errsz, "BLOBSWARM_AGENT_SOCKET_MODE=%.8s is not an octal mode (e.g. 0660)",
+                 c->socket_mode);
+        return -EINVAL;
+    }
+    *mode = (unsigned)m;
+    if (c->low_pct >= c->high_pct || (c->block_bytes & (c->block_bytes - 1)) ||
+        c->chunk_bytes % c->block_bytes || c->chunk_bytes / c->block_bytes > BS_PROTO_MAX_CRCS) {
+        snprintf(err, errsz,
+                 "need STORE_LOW_PCT < STORE_HIGH_PCT, and BLOCK_BYTES a power of two dividing "
+                 "CHUNK_BYTES into at most %d blocks",
+                 BS_PROTO_MAX_CRCS);
+        return -EINVAL;
+    }
+    if (c->fill_wait_ms > c->answer_ms || c->check_ms >= c->answer_ms) {
+        snprintf(err, errsz,
+                 "need FILL_WAIT_MS (%lld) <= ANSWER_MS (%lld) and CHECK_MS (%lld) < ANSWER_MS",
+                 c->fill_wait_ms, c->answer_ms, c->check_ms);
+        return -EINVAL;
+    }
+    /* A share larger than the whole is the whole. */
+    if (c->tenant_workers == 0)
+        c->tenant_workers = c->fill_workers * 3 / 4 > 0 ? c->fill_workers * 3 / 4 : 1;
+    if (c->tenant_workers > c->fill_workers)
+        c->tenant_workers = c->fill_workers;
+    if (c->tenant_queue > c->fill_queue)
+        c->tenant_queue = c->fill_queue;
+    if (c->max_per_peer > c->max_clients)
+        c->max_per_peer = c->max_clients;
+    if (!c->socket_path[0] && !c->listen[0]) {
+        snprintf(err, errsz, "neither a socket nor a listen address configured");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Descriptors the agent keeps besides its listeners' connections: the store, logs, the
+ * listening sockets, curl's and the threads' internals. */
+#define FD_RESERVE 64
+/* The smallest connection limit the agent runs with when it must lower the limits. */
+#define MIN_CLIENTS 16
+
+/* Raises RLIMIT_NOFILE's soft limit to the hard limit, then makes sure the listeners'
+ * limits fit under it: each connection may hold two descriptors (its socket and a chunk file
+ * being sent), each origin connection one, plus FD_RESERVE. If they do not fit, max_clients
+ * (and the per-peer limit with it) is lowered to what fits, and said so; below MIN_CLIENTS
+ * the agent refuses to start. Returns 0 or -EMFILE with a message. */
+static int fit_descriptors(struct agent_config *c, char *err, size_t errsz)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        snprintf(err, errsz, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return -errno;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t old = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = old;
+    }
+    long long listeners = (c->socket_path[0] ? 1 : 0) + (c->listen[0] ? 1 : 0);
+    long long fixed = c->origin_connections + c->fill_workers + FD_RESERVE;
+    long long need = fixed + 2 * listeners * c->max_clients;
+    long long have = rl.rlim_cur == RLIM_INFINITY ? (1LL << 40) : (long long)rl.rlim_cur;
+    if (need <= have) {
+        bs_log(BS_LOG_INFO, "agent", "event=descriptors limit=%lld need=%lld", have, need);
+        return 0;
+    }
+    long long fit = (have - fixed) / (2 * listeners);
+    if (fit < MIN_CLIENTS) {
+        snprintf(err, errsz,
+                 "RLIMIT_NOFILE is %lld: too low for %d connections per listener, %lld origin "
+                 "connections and %d spare descriptors; raise it (ulimit -n) or lower "
+                 "BLOBSWARM_ORIGIN_CONNECTIONS",
+                 have, MIN_CLIENTS, c->origin_connections, FD_RESERVE);
+        return -EMFILE;
+    }
+    bs_log(BS_LOG_WARN, "agent",
+           "event=limits_lowered reason=descriptors rlimit_nofile=%lld max_clients=%lld->%lld",
+           have, c->max_clients, fit);
+    c->max_clients = fit;
+    if (c->max_per_peer > fit)
+        c->max_per_peer = fit;
+    return 0;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: blobswarm-agent [--config FILE.json] [--<setting>=VALUE ...]\n\n"
@@ -223,23 +341,20 @@ int main(int argc, char **argv)
         return 2;
     }
     json_decref(src.file);
-    if (cfg.low_pct >= cfg.high_pct || (cfg.block_bytes & (cfg.block_bytes - 1)) ||
-        cfg.chunk_bytes % cfg.block_bytes ||
-        cfg.chunk_bytes / cfg.block_bytes > BS_PROTO_MAX_CRCS) {
-        fprintf(stderr,
-                "blobswarm-agent: need STORE_LOW_PCT < STORE_HIGH_PCT, and BLOCK_BYTES a power "
-                "of two dividing CHUNK_BYTES into at most %d blocks\n",
-                BS_PROTO_MAX_CRCS);
-        return 2;
-    }
-    if (!cfg.socket_path[0] && !cfg.listen[0]) {
-        fprintf(stderr, "blobswarm-agent: neither a socket nor a listen address configured\n");
+    unsigned socket_mode = 0;
+    if (check_consistent(&cfg, &socket_mode, err, sizeof(err)) != 0) {
+        fprintf(stderr, "blobswarm-agent: %s\n", err);
         return 2;
     }
     bs_log_set_level(bs_log_parse_level(cfg.log_level, BS_LOG_INFO));
     char line[4096];
     bs_cfg_format(agent_settings, NSETTINGS, &cfg, line, sizeof(line));
     bs_log(BS_LOG_INFO, "agent", "event=config %s", line);
+    if (fit_descriptors(&cfg, err, sizeof(err)) != 0) {
+        bs_log(BS_LOG_ERROR, "agent", "event=start_failed msg=\"%s\"", err);
+        fprintf(stderr, "blobswarm-agent: %s\n", err);
+        return 2;
+    }
 
     /* Signals are taken by sigwait below; every thread inherits the mask. */
     sigset_t sigs;
@@ -304,9 +419,9 @@ int main(int argc, char **argv)
         .props_max_entries = 1,
     };
     reader = fetch ? bs_blobreader_create(&ro, fetch) : NULL;
-    /* Access checks answer a waiting request: one retry, within the fill wait. */
+    /* Access checks answer a waiting request: one retry, within BLOBSWARM_CHECK_MS. */
     struct bs_blobreader_opts co = ro;
-    co.deadline_ms = cfg.fill_wait_ms;
+    co.deadline_ms = cfg.check_ms;
     co.max_retries = 1;
     check_reader = fetch ? bs_blobreader_create(&co, fetch) : NULL;
     if (!reader || !check_reader) {
@@ -319,6 +434,10 @@ int main(int argc, char **argv)
         .fill_wait_ms = cfg.fill_wait_ms,
         .fill_workers = (int)cfg.fill_workers,
         .fill_queue = (int)cfg.fill_queue,
+        .tenant_workers = (int)cfg.tenant_workers,
+        .tenant_queue = (int)cfg.tenant_queue,
+        .answer_ms = cfg.answer_ms,
+        .check_ms = cfg.check_ms,
         .allowed_endpoints = cfg.allowed,
         .grant_ttl_ms = cfg.grant_ttl_ms,
         .max_grants = (size_t)cfg.max_grants,
@@ -334,14 +453,28 @@ int main(int argc, char **argv)
             *slash = '\0';
             mkdir(dir, 0755);
         }
-        usrv = bs_unixsrv_create(cfg.socket_path, (int)cfg.max_clients, svc, metrics, err,
-                                 sizeof(err));
+        struct bs_unixsrv_opts uo = {
+            .path = cfg.socket_path,
+            .mode = socket_mode,
+            .max_clients = (int)cfg.max_clients,
+            .max_per_peer = (int)cfg.max_per_peer,
+            .lifetime_ms = cfg.conn_lifetime_ms,
+            .idle_ms = cfg.conn_idle_ms,
+            .frame_ms = cfg.request_read_ms,
+        };
+        usrv = bs_unixsrv_create(&uo, svc, metrics, err, sizeof(err));
         if (!usrv)
             goto out_err;
     }
     if (cfg.listen[0]) {
-        hsrv = bs_httpsrv_create(cfg.listen, (int)cfg.max_clients, svc, metrics, store, err,
-                                 sizeof(err));
+        struct bs_httpsrv_opts ho = {
+            .listen = cfg.listen,
+            .max_clients = (int)cfg.max_clients,
+            .max_per_ip = (int)cfg.max_per_peer,
+            .lifetime_ms = cfg.conn_lifetime_ms,
+            .request_read_ms = cfg.request_read_ms,
+        };
+        hsrv = bs_httpsrv_create(&ho, svc, metrics, store, err, sizeof(err));
         if (!hsrv)
             goto out_err;
         if (cfg.port_file[0]) {

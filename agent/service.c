@@ -1,5 +1,6 @@
-/* Chunk service (see service.h). Fills run on a fixed pool of workers fed by a bounded FIFO;
- * a map of fills in progress makes concurrent requests for one chunk wait for one origin
+/* Chunk service (see service.h). Fills run on a fixed pool of workers fed by bounded
+ * per-tenant FIFOs, taken round-robin; a tenant exists while it has fills queued or running.
+ * A map of fills in progress makes concurrent requests for one chunk wait for one origin
  * fetch. A job is reference-counted by its worker and its waiters; the last one frees it. */
 #include "service.h"
 
@@ -22,8 +23,11 @@
 
 #define MAX_CHUNK_INDEX (1ull << 40)
 
+struct tenant;
+
 struct fill_job {
-    struct fill_job *next;  /* queue */
+    struct fill_job *next; /* its tenant's queue */
+    struct tenant *tenant;
     struct fill_job *hnext; /* in-progress map */
     char endpoint[1024], container[80], blob[1100], etag[128];
     uint64_t index, start, len;
@@ -33,6 +37,14 @@ struct fill_job {
     int rc;
     char err[256];
     pthread_cond_t cv;
+};
+
+/* A storage endpoint with fills queued or running (freed when it has none). */
+struct tenant {
+    struct tenant *next;
+    struct fill_job *qhead, *qtail;
+    int queued, running;
+    char endpoint[1024];
 };
 
 #define MAP_BUCKETS 256
@@ -48,7 +60,8 @@ struct bs_service {
 
     pthread_mutex_t lock; /* queue, map, jobs' refs/done, stop */
     pthread_cond_t work_cv;
-    struct fill_job *qhead, *qtail;
+    struct tenant *tenants; /* with fills queued or running */
+    struct tenant *turn;    /* the tenant whose turn is next (NULL: the first) */
     int queued;
     int running; /* fills a worker is doing */
     struct {
@@ -186,6 +199,47 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
     return rc;
 }
 
+/* The next job to run: round-robin over the tenants from `turn`, skipping tenants at their
+ * running cap. NULL when none may run now. Under s->lock. */
+static struct fill_job *take_job_locked(struct bs_service *s)
+{
+    struct tenant *start = s->turn ? s->turn : s->tenants;
+    struct tenant *t = start;
+    if (!t)
+        return NULL;
+    do {
+        if (t->qhead && t->running < s->o.tenant_workers) {
+            struct fill_job *j = t->qhead;
+            t->qhead = j->next;
+            if (!t->qhead)
+                t->qtail = NULL;
+            t->queued--;
+            t->running++;
+            s->queued--;
+            s->running++;
+            s->turn = t->next; /* the next tenant goes first next time */
+            return j;
+        }
+        t = t->next ? t->next : s->tenants;
+    } while (t != start);
+    return NULL;
+}
+
+/* Frees a tenant without fills. Under s->lock. */
+static void tenant_put_locked(struct bs_service *s, struct tenant *t)
+{
+    if (t->queued || t->running)
+        return;
+    for (struct tenant **pp = &s->tenants; *pp; pp = &(*pp)->next)
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    if (s->turn == t)
+        s->turn = t->next;
+    free(t);
+}
+
 static void *worker_main(void *arg)
 {
     struct bs_service *s = arg;
@@ -194,16 +248,11 @@ static void *worker_main(void *arg)
     char *buf = malloc(s->o.chunk_size);
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->stop && !s->qhead)
+        struct fill_job *j = NULL;
+        while (!s->stop && !(j = take_job_locked(s)))
             pthread_cond_wait(&s->work_cv, &s->lock);
         if (s->stop)
-            break;
-        struct fill_job *j = s->qhead;
-        s->qhead = j->next;
-        if (!s->qhead)
-            s->qtail = NULL;
-        s->queued--;
-        s->running++;
+            break; /* j is NULL: the queued jobs stay for destroy to fail */
         bs_metric_set(s->m_fill_queue, NULL, s->queued);
         pthread_mutex_unlock(&s->lock);
 
@@ -212,6 +261,11 @@ static void *worker_main(void *arg)
 
         pthread_mutex_lock(&s->lock);
         s->running--;
+        j->tenant->running--;
+        tenant_put_locked(s, j->tenant);
+        j->tenant = NULL;
+        /* A tenant at its cap may have work again, and another worker may be waiting. */
+        pthread_cond_broadcast(&s->work_cv);
         j->rc = rc;
         snprintf(j->err, sizeof(j->err), "%s", err);
         j->done = 1;
@@ -229,12 +283,28 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Starts (or joins) the fill of one chunk and waits up to the fill deadline.
- * Returns 0 when the chunk is in the store, -ETIMEDOUT, -EAGAIN (queue full) or the fill's
- * error (message in err). */
+/* Waits on cv until *flag is set or the absolute CLOCK_MONOTONIC deadline passes. Under the
+ * mutex. Returns 0 or ETIMEDOUT. */
+static int wait_until(pthread_cond_t *cv, pthread_mutex_t *m, uint64_t deadline_ns)
+{
+    uint64_t now = bs_now_ns();
+    if (now >= deadline_ns)
+        return ETIMEDOUT;
+    /* The condition variables use CLOCK_REALTIME (default attributes): convert the rest. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + (deadline_ns - now);
+    ts.tv_sec += (time_t)(ns / 1000000000ull);
+    ts.tv_nsec = (long)(ns % 1000000000ull);
+    return pthread_cond_timedwait(cv, m, &ts);
+}
+
+/* Starts (or joins) the fill of one chunk and waits for it until wait_end_ns (absolute,
+ * monotonic). Returns 0 when the chunk is in the store, -ETIMEDOUT, -EAGAIN (queue full) or
+ * the fill's error (message in err). The fill goes on after a timeout. */
 static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
                          const struct bs_chunk_req *req, const char *etag, uint64_t start,
-                         uint64_t len, char *err, size_t errsz)
+                         uint64_t len, uint64_t wait_end_ns, char *err, size_t errsz)
 {
     size_t b = job_bucket(auth->endpoint, req->container, req->blob, etag, req->chunk);
     pthread_mutex_lock(&s->lock);
@@ -244,21 +314,43 @@ static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
                   strcmp(j->endpoint, auth->endpoint) == 0))
         j = j->hnext;
     if (!j) {
-        if (s->stop || s->queued >= s->o.fill_queue) {
+        struct tenant *t = s->tenants;
+        while (t && strcmp(t->endpoint, auth->endpoint) != 0)
+            t = t->next;
+        const char *full = s->stop                               ? "agent stopping"
+                           : s->queued >= s->o.fill_queue        ? "fill queue full"
+                           : t && t->queued >= s->o.tenant_queue ? "tenant's fill queue full"
+                                                                 : NULL;
+        if (full) {
             pthread_mutex_unlock(&s->lock);
-            snprintf(err, errsz, "fill queue full (%d)", s->o.fill_queue);
-            bs_metric_add(s->m_errors, "fill_queue_full", 1);
+            snprintf(err, errsz, "%s", full);
+            bs_metric_add(s->m_errors,
+                          t && !s->stop && s->queued < s->o.fill_queue ? "tenant_queue_full"
+                                                                       : "fill_queue_full",
+                          1);
             return -EAGAIN;
         }
-        j = calloc(1, sizeof(*j));
+        int new_tenant = !t;
+        if (new_tenant) {
+            t = calloc(1, sizeof(*t));
+            if (t)
+                snprintf(t->endpoint, sizeof(t->endpoint), "%s", auth->endpoint);
+        }
+        j = t ? calloc(1, sizeof(*j)) : NULL;
         char cerr[160];
         if (j)
             j->cred = bs_azcred_from_delegation(auth, cerr, sizeof(cerr));
         if (!j || !j->cred) {
             free(j);
+            if (new_tenant)
+                free(t);
             pthread_mutex_unlock(&s->lock);
             snprintf(err, errsz, "out of memory");
             return -ENOMEM;
+        }
+        if (new_tenant) {
+            t->next = s->tenants;
+            s->tenants = t;
         }
         snprintf(j->endpoint, sizeof(j->endpoint), "%s", auth->endpoint);
         snprintf(j->container, sizeof(j->container), "%s", req->container);
@@ -268,34 +360,32 @@ static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
         j->start = start;
         j->len = len;
         j->refs = 1; /* the worker's */
+        j->tenant = t;
         pthread_cond_init(&j->cv, NULL);
         j->hnext = s->map[b];
         s->map[b] = j;
-        if (s->qtail)
-            s->qtail->next = j;
+        if (t->qtail)
+            t->qtail->next = j;
         else
-            s->qhead = j;
-        s->qtail = j;
+            t->qhead = j;
+        t->qtail = j;
+        t->queued++;
         s->queued++;
         bs_metric_set(s->m_fill_queue, NULL, s->queued);
         pthread_cond_signal(&s->work_cv);
     }
     j->refs++;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->o.fill_wait_ms * 1000000ull;
-    ts.tv_sec += (time_t)(ns / 1000000000ull);
-    ts.tv_nsec = (long)(ns % 1000000000ull);
     int rc = 0;
     while (!j->done && rc == 0)
-        rc = pthread_cond_timedwait(&j->cv, &s->lock, &ts);
+        rc = wait_until(&j->cv, &s->lock, wait_end_ns);
     if (j->done) {
         rc = j->rc;
         if (rc)
             snprintf(err, errsz, "%s", j->err);
     } else {
         rc = -ETIMEDOUT;
-        snprintf(err, errsz, "fill did not finish within %ld ms", s->o.fill_wait_ms);
+        snprintf(err, errsz, "fill did not finish in time (fill wait %ld ms, answer %ld ms)",
+                 s->o.fill_wait_ms, s->o.answer_ms);
     }
     job_unref_locked(j);
     pthread_mutex_unlock(&s->lock);
@@ -328,21 +418,17 @@ static int valid_container(const char *c)
 }
 
 /* Registers this thread as the one checking grant `key`, so concurrent requests with the same
- * credential wait for its answer instead of each sending a HEAD. Returns the slot, -1 when
- * the table is full (check unregistered), or -2 after waiting for another checker. */
-static int begin_check(struct bs_service *s, const unsigned char key[32])
+ * credential wait for its answer (until end_ns) instead of each sending a HEAD. Returns the
+ * slot, -1 when the table is full (check unregistered), or -2 after waiting for another
+ * checker. */
+static int begin_check(struct bs_service *s, const unsigned char key[32], uint64_t end_ns)
 {
     pthread_mutex_lock(&s->lock);
     int free_slot = -1;
     for (int i = 0; i < MAX_CHECKS; i++) {
         if (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->o.fill_wait_ms * 1000000ull;
-            ts.tv_sec += (time_t)(ns / 1000000000ull);
-            ts.tv_nsec = (long)(ns % 1000000000ull);
             while (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0)
-                if (pthread_cond_timedwait(&s->check_cv, &s->lock, &ts) != 0)
+                if (wait_until(&s->check_cv, &s->lock, end_ns) != 0)
                     break;
             pthread_mutex_unlock(&s->lock);
             return -2;
@@ -372,17 +458,28 @@ static void end_check(struct bs_service *s, int slot)
  * else a HEAD with the credential. Returns 0 with *grant, or 1 with rep filled. */
 static int check_access(struct bs_service *s, const struct bs_chunk_req *req,
                         const unsigned char gkey[32], struct bs_grant *grant,
-                        struct bs_chunk_reply *rep)
+                        struct bs_chunk_reply *rep, uint64_t answer_end_ns)
 {
+    /* A HEAD takes up to check_ms: it starts only if it ends before the answer deadline, and
+     * a wait for another request's check ends in time to start one. */
+    uint64_t check_ns = (uint64_t)s->o.check_ms * 1000000ull;
+    uint64_t last_start_ns = answer_end_ns > check_ns ? answer_end_ns - check_ns : 0;
     const struct bs_delegation *auth = &req->auth;
     char err[256];
     for (int attempt = 0; attempt < 2; attempt++) {
         if (bs_grants_find(s->grants, gkey, grant) == 0 &&
             (!req->etag[0] || strcmp(req->etag, grant->etag) == 0))
             return 0;
-        int slot = attempt == 0 ? begin_check(s, gkey) : -1;
+        int slot = attempt == 0 ? begin_check(s, gkey, last_start_ns) : -1;
         if (slot == -2)
             continue; /* another request just checked: look again */
+        if (bs_now_ns() > last_start_ns) {
+            end_check(s, slot);
+            reply(rep, BS_CHUNK_MISS, "no time left for an access check (answer %ld ms)",
+                  s->o.answer_ms);
+            bs_metric_add(s->m_errors, "answer_deadline", 1);
+            return 1;
+        }
         struct bs_azcred *cred = bs_azcred_from_delegation(auth, err, sizeof(err));
         if (!cred) {
             end_check(s, slot);
@@ -422,6 +519,8 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     rep->block_size = s->o.block_size;
     const struct bs_delegation *auth = &req->auth;
     char err[256];
+    /* The one deadline of this request: every wait below ends by it. */
+    uint64_t answer_end_ns = bs_now_ns() + (uint64_t)s->o.answer_ms * 1000000ull;
 
     if (!valid_container(req->container) || !req->blob[0] || req->chunk > MAX_CHUNK_INDEX) {
         reply(rep, BS_CHUNK_ERROR, "invalid container, blob or chunk index");
@@ -438,7 +537,7 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     unsigned char gkey[32];
     struct bs_grant grant;
     bs_grants_key(auth, req->container, req->blob, gkey);
-    if (check_access(s, req, gkey, &grant, rep) != 0)
+    if (check_access(s, req, gkey, &grant, rep, answer_end_ns) != 0)
         goto out;
     if (req->etag[0] && strcmp(req->etag, grant.etag) != 0) {
         reply(rep, BS_CHUNK_MISS, "blob version changed");
@@ -461,7 +560,12 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     enum bs_chunk_status st = BS_CHUNK_HIT;
     if (bs_store_get(s->store, &k, ref) != 0) {
         bs_metric_add(s->m_lookups, "miss", 1);
-        int rc = fill_and_wait(s, auth, req, grant.etag, start, len, err, sizeof(err));
+        uint64_t wait_end_ns = bs_now_ns() + (uint64_t)s->o.fill_wait_ms * 1000000ull;
+        if (wait_end_ns > answer_end_ns)
+            wait_end_ns = answer_end_ns;
+        int rc = fill_and_wait(s, auth, req, grant.etag, start, len, wait_end_ns, err, sizeof(err));
+        if (rc == -ETIMEDOUT)
+            bs_metric_add(s->m_errors, "answer_deadline", 1);
         if (rc == 0 && bs_store_get(s->store, &k, ref) == 0) {
             st = BS_CHUNK_FILLED;
         } else {
@@ -557,7 +661,7 @@ void bs_service_hello(const struct bs_service *s, struct bs_hello *h)
     h->version = BS_PROTO_VERSION;
     h->chunk_size = s->o.chunk_size;
     h->block_size = s->o.block_size;
-    h->answer_ms = 0;
+    h->answer_ms = (uint32_t)s->o.answer_ms;
 }
 
 struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_store *store,
@@ -630,9 +734,20 @@ void bs_service_destroy(struct bs_service *s)
         pthread_join(s->workers[i], NULL);
     /* Queued jobs that never ran: complete them as failed for any waiter, then drop. */
     pthread_mutex_lock(&s->lock);
-    while (s->qhead) {
-        struct fill_job *j = s->qhead;
-        s->qhead = j->next;
+    while (s->tenants) {
+        struct tenant *t = s->tenants;
+        struct fill_job *j = t->qhead;
+        if (!j) { /* only running fills, whose workers have ended */
+            s->tenants = t->next;
+            free(t);
+            continue;
+        }
+        t->qhead = j->next;
+        if (!t->qhead) {
+            s->tenants = t->next;
+            free(t);
+        }
+        j->tenant = NULL;
         j->done = 1;
         j->rc = -ESHUTDOWN;
         snprintf(j->err, sizeof(j->err), "agent shutting down");

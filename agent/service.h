@@ -2,8 +2,11 @@
  * allowed, has this credential shown read access to this blob version (else verify it with
  * a HEAD to Azure and record a grant), is the chunk in the store, else fill it from the
  * origin once however many callers ask (waiting at most fill_wait_ms, then answering MISS so
- * the caller reads Azure itself). Where a missing chunk comes from is one step (fill_one)
- * that a peer source can precede. It does not speak HTTP or sockets. */
+ * the caller reads Azure itself). Every wait of a request ends by one answer deadline
+ * (answer_ms). Fill workers are shared fairly between tenants (storage endpoints): one FIFO
+ * per tenant, served round-robin, each tenant capped in queued and running fills. Where a
+ * missing chunk comes from is one step (fill_one) that a peer source can precede. It does
+ * not speak HTTP or sockets. */
 #ifndef BS_SERVICE_H
 #define BS_SERVICE_H
 
@@ -24,14 +27,19 @@ struct bs_service_opts {
     long fill_wait_ms;             /* a request waits this long for a fill, then gets MISS */
     int fill_workers;              /* concurrent origin fills (each holds one chunk buffer) */
     int fill_queue;                /* fills waiting for a worker; beyond: MISS */
+    int tenant_workers;            /* workers one tenant (storage endpoint) may hold at once */
+    int tenant_queue;              /* fills one tenant may have waiting; beyond: MISS */
+    long answer_ms;                /* every request is answered within this (MISS past it) */
+    long check_ms;                 /* the check_reader's deadline: a HEAD starts only if this
+                                      much of the answer time is left */
     const char *allowed_endpoints; /* comma-separated patterns, '*' = [A-Za-z0-9-]+ */
     long grant_ttl_ms;
     size_t max_grants;
 };
 
 /* Borrows store, the readers and metrics (they must outlive the service). `reader` fills
- * chunks; `check_reader` verifies access and should have a short deadline (a request must
- * be answered before the shim gives up on the agent). */
+ * chunks; `check_reader` verifies access and must have a deadline of at most check_ms (a
+ * request must be answered before the shim gives up on the agent). */
 struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_store *store,
                                      struct bs_blobreader *reader,
                                      struct bs_blobreader *check_reader, struct bs_metrics *metrics,
@@ -50,6 +58,7 @@ void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *
 /* Fills queued or running. */
 int bs_service_busy(struct bs_service *s);
 
+/* The agent's geometry and answer time (answer_ms) for the hello reply. */
 void bs_service_hello(const struct bs_service *s, struct bs_hello *h);
 
 /* Whether endpoint matches one of the comma-separated patterns and names `account` (as the

@@ -15,6 +15,13 @@ set(BS_SEC_CASES_STORE     # store.sh: permissions, tampering, planted links, te
 )
 
 set(BS_SEC_CASES_CONN      # conn.sh: connection exhaustion, fair fills, drain
+  conn_unix_hog 60
+  conn_http_slowloris 60
+  conn_emfile 90
+  conn_fair_fills 90
+  conn_answer_deadline 60
+  conn_drain_body 90
+  conn_socket_mode 60
 )
 
 set(BS_SEC_CASES_SHIM      # shim.sh: fake agent, narrow delegation, deadlines

@@ -314,7 +314,7 @@ case_single_flight() {
   local blob=agent-it/herd-$$.bin size=$CHUNK callers=200
   proxy_start
   upload http data "$blob" 61 "$size"
-  agent_start a --fill-wait-ms=20000
+  agent_start a --fill-wait-ms=20000 --answer-ms=25000
   # The one fill takes 3 s at the origin, so the callers arrive while it is in progress.
   proxy_rule '{"kind":"stall","ms":3000,"count":100000}'
   snap a 0
@@ -336,7 +336,7 @@ sigterm_case() {
   proxy_start
   via_proxy
   upload http data "$blob" 71 "$size"
-  agent_start a --drain-ms="$drain_ms" --fill-wait-ms=30000
+  agent_start a --drain-ms="$drain_ms" --fill-wait-ms=30000 --answer-ms=35000
   proxy_rule "{\"kind\":\"stall\",\"ms\":$fill_ms,\"count\":1,\"match\":\"$blob\"}"
   READ_ENV+=("BLOBSWARM_AGENT_TIMEOUT_MS=60000")
   load_bg drained sharedkey "$(agent_sock a)" data "$blob" "$size" 71
