@@ -153,8 +153,8 @@ static int refuse(char *err, size_t errsz, const char *name, const char *what)
     return -EINVAL;
 }
 
-int bs_sas_parse(const char *sas, char *out, size_t outsz, struct bs_sas_info *info, char *err,
-                 size_t errsz)
+static int parse_into(const char *sas, char *out, size_t outsz, struct bs_sas_info *info,
+                      char *err, size_t errsz)
 {
     char name[16], value[FIELD_MAX];
     unsigned seen = 0; /* bit i: sas_fields[i] */
@@ -235,6 +235,15 @@ int bs_sas_parse(const char *sas, char *out, size_t outsz, struct bs_sas_info *i
         info->has_si = has_si;
     }
     return 0;
+}
+
+int bs_sas_parse(const char *sas, char *out, size_t outsz, struct bs_sas_info *info, char *err,
+                 size_t errsz)
+{
+    int rc = parse_into(sas, out, outsz, info, err, errsz);
+    if (rc && outsz)
+        out[0] = '\0'; /* never half a query */
+    return rc;
 }
 
 int64_t bs_sas_expiry(const char *sas)
