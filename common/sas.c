@@ -153,8 +153,8 @@ static int refuse(char *err, size_t errsz, const char *name, const char *what)
     return -EINVAL;
 }
 
-static int parse_into(const char *sas, char *out, size_t outsz, struct bs_sas_info *info,
-                      char *err, size_t errsz)
+static int parse_into(const char *sas, char *out, size_t outsz, struct bs_sas_info *info, char *err,
+                      size_t errsz)
 {
     char name[16], value[FIELD_MAX];
     unsigned seen = 0; /* bit i: sas_fields[i] */
