@@ -444,6 +444,11 @@ static int check_access(struct bs_service *s, const struct bs_chunk_req *req,
         } else if (rc == -EACCES || rc == -ENOENT) {
             bs_grants_forget(s->grants, gkey);
             reply(rep, BS_CHUNK_DENIED, "the credential does not read this blob");
+            char blob[300], why[300];
+            bs_name_escape(req->blob, blob, sizeof(blob));
+            bs_name_escape(err, why, sizeof(why));
+            bs_log(BS_LOG_INFO, "service", "event=denied container=%s blob=\"%s\" detail=\"%s\"",
+                   req->container, blob, why);
         } else {
             reply(rep, BS_CHUNK_MISS, "origin check failed");
             bs_metric_add(s->m_errors, "origin", 1);
