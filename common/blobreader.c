@@ -17,6 +17,7 @@
 #include "azcred.h"
 #include "fetch.h"
 #include "log.h"
+#include "names.h"
 
 struct props_entry {
     struct props_entry *next;
@@ -532,8 +533,12 @@ static int check_piece(struct bs_blobreader *r, struct piece *p, const struct ta
     p->not_before_ns = bs_now_ns() + wait_ns;
     if (p->not_before_ns >= deadline_ns)
         return describe_failure(q, t, err, errsz);
-    bs_log(BS_LOG_DEBUG, "reader", "event=retry blob=\"%s\" attempt=%d status=%ld curl=%d", t->blob,
-           p->attempts, q->status, q->curl_code);
+    if (BS_LOG_DEBUG <= bs_log_threshold) {
+        char blob[300];
+        bs_name_escape(t->blob, blob, sizeof(blob));
+        bs_log(BS_LOG_DEBUG, "reader", "event=retry blob=\"%s\" attempt=%d status=%ld curl=%d",
+               blob, p->attempts, q->status, q->curl_code);
+    }
     return 1;
 }
 
