@@ -11,8 +11,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BS_SAS_MAX_FIELDS 32 /* more than every known field: anything beyond is refused */
-
 struct bs_sas_info {
     int64_t expiry; /* se as Unix seconds; 0 when there is no se (then has_si is set) */
     int has_si;     /* a stored access policy (si=) whose expiry Azure keeps */

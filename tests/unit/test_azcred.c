@@ -44,6 +44,11 @@ static void test_urls(void **state)
     assert_string_equal(r.url, "http://127.0.0.1:1/devstoreaccount1/data/a%20b/c%25.bin"
                                "?sv=2021-12-02&se=2030-01-01T00%3A00%3A00Z&sp=r&sig=a%2Bb");
     assert_string_equal(r.safe_url, "http://127.0.0.1:1/devstoreaccount1/data/a%20b/c%25.bin");
+    /* A name cannot add to the query: '?', '#', '&' and '=' are encoded in the path. */
+    assert_int_equal(prepare("data", "x?comp=tags#f&restype=container", &r, err), 0);
+    assert_string_equal(r.safe_url, "http://127.0.0.1:1/devstoreaccount1/data/"
+                                    "x%3Fcomp%3Dtags%23f%26restype%3Dcontainer");
+    assert_int_equal(strchr(r.url, '?') - r.url, (long)strlen(r.safe_url));
     assert_int_equal(prepare("data", "a/../x", &r, err), -EINVAL);
     assert_non_null(strstr(err, "segment"));
     assert_int_equal(prepare("data", "", &r, err), -EINVAL);
