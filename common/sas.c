@@ -21,6 +21,15 @@ static const char *const sas_fields[] = {
 };
 #define N_FIELDS (sizeof(sas_fields) / sizeof(sas_fields[0]))
 
+/* The bit of field f in a set of seen fields; f must be in the table. */
+static unsigned field_bit(const char *f)
+{
+    for (size_t k = 0; k < N_FIELDS; k++)
+        if (strcmp(sas_fields[k], f) == 0)
+            return 1u << k;
+    return 0;
+}
+
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')
@@ -218,14 +227,7 @@ static int parse_into(const char *sas, char *out, size_t outsz, struct bs_sas_in
             break;
         p += flen + 1;
     }
-    int has_si = 0;
-    for (size_t k = 0; k < N_FIELDS; k++)
-        if ((seen & (1u << k)) && strcmp(sas_fields[k], "si") == 0)
-            has_si = 1;
-    int has_sig = 0;
-    for (size_t k = 0; k < N_FIELDS; k++)
-        if ((seen & (1u << k)) && strcmp(sas_fields[k], "sig") == 0)
-            has_sig = 1;
+    int has_si = (seen & field_bit("si")) != 0, has_sig = (seen & field_bit("sig")) != 0;
     if (!has_sig)
         return refuse(err, errsz, NULL, "has no signature (sig)");
     if (!se && !has_si)
