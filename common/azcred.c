@@ -279,7 +279,9 @@ static const char *resolve_account(const struct bs_azcred *c, const char *reques
         return NULL;
     }
     if (!valid_account(account)) {
-        snprintf(err, errsz, "invalid storage account name \"%.64s\"", account);
+        char esc[72];
+        bs_name_escape(account, esc, sizeof(esc));
+        snprintf(err, errsz, "invalid storage account name \"%s\"", esc);
         return NULL;
     }
     return account;
@@ -293,7 +295,9 @@ int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t
     if (!account)
         return -EINVAL;
     if (!r->container || !valid_container(r->container)) {
-        snprintf(err, errsz, "invalid container name \"%.70s\"", r->container ? r->container : "");
+        char esc[80];
+        bs_name_escape(r->container, esc, sizeof(esc));
+        snprintf(err, errsz, "invalid container name \"%s\"", esc);
         return -EINVAL;
     }
     const char *bad = bs_name_blob_problem(r->blob);
