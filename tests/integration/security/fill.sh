@@ -254,7 +254,7 @@ case_fill_bearer_exp() {
   local blob=fill-it/jwt-$$.bin size=$((MIB + 123)) ep=$BS_IT_HTTPS_ENDPOINT tok exp
   upload https data "$blob" 95 "$size"
   agent_start a
-  exp=$(($(date +%s) + 6))
+  exp=$(($(date +%s) + 8))
   tok=$(fill_jwt "$exp")
   fill_post live data "$blob" 0 bearer "$ep" "$tok"
   fill_expect_exact live 95 "$size" 0 "$size"
