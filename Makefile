@@ -47,11 +47,13 @@ test-asan-integration: build-asan
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(BUILD_ASAN) --output-on-failure --timeout 900 -R '$(ASAN_IT_TESTS)'
 
+FUZZ_TARGETS = fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto fuzz_trailer \
+  fuzz_sas fuzz_endpoint fuzz_http_headers
 # Each libFuzzer target runs FUZZ_SECONDS from the checked-in corpus; a crash fails the run.
 fuzz:
 	cmake -S . -B $(BUILD_FUZZ) -DCMAKE_C_COMPILER=clang -DBS_FUZZ=ON -DBS_TESTS=OFF $(CMAKE_ARGS)
-	cmake --build $(BUILD_FUZZ) -j $(JOBS) --target fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto fuzz_trailer
-	@for t in fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto fuzz_trailer; do \
+	cmake --build $(BUILD_FUZZ) -j $(JOBS) --target $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(BUILD_FUZZ)/corpus/$$t; \
 	  if $(BUILD_FUZZ)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
 	       $(BUILD_FUZZ)/corpus/$$t fuzz/corpus/$$t > $(BUILD_FUZZ)/$$t.log 2>&1; then \

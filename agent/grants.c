@@ -9,10 +9,14 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
 #include <openssl/evp.h>
 
 #include "azcred.h"
 #include "fetch.h"
+#include "sas.h"
+
+#define JWT_PAYLOAD_MAX 8192 /* base64url characters of a token's payload */
 
 struct entry {
     unsigned char key[32];
@@ -146,60 +150,93 @@ int bs_grants_find(struct bs_grants *g, const unsigned char key[32], struct bs_g
     return rc;
 }
 
-int64_t bs_sas_expiry(const char *sas)
+static int b64url_val(unsigned char c)
 {
-    const char *p = sas;
-    while (p && *p) {
-        if (strncmp(p, "se=", 3) == 0) {
-            char v[40];
-            size_t n = strcspn(p + 3, "&");
-            if (n >= sizeof(v))
-                return 0;
-            /* Decode %3A (':') which SAS producers commonly escape. */
-            size_t o = 0;
-            for (size_t i = 0; i < n && o + 1 < sizeof(v); i++) {
-                if (p[3 + i] == '%' && i + 2 < n) {
-                    unsigned x;
-                    if (sscanf(p + 3 + i + 1, "%2x", &x) != 1)
-                        return 0;
-                    v[o++] = (char)x;
-                    i += 2;
-                } else {
-                    v[o++] = p[3 + i];
-                }
-            }
-            v[o] = '\0';
-            struct tm tm = {0};
-            int y, mo, d, h = 0, mi = 0, s = 0;
-            if (sscanf(v, "%4d-%2d-%2dT%2d:%2d:%2d", &y, &mo, &d, &h, &mi, &s) < 3)
-                return 0;
-            tm.tm_year = y - 1900;
-            tm.tm_mon = mo - 1;
-            tm.tm_mday = d;
-            tm.tm_hour = h;
-            tm.tm_min = mi;
-            tm.tm_sec = s;
-            return (int64_t)timegm(&tm);
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+int bs_jwt_expiry(const char *token, int64_t *exp_s)
+{
+    const char *p = token ? strchr(token, '.') : NULL;
+    const char *e = p ? strchr(p + 1, '.') : NULL;
+    if (!e || e - p - 1 > JWT_PAYLOAD_MAX || strchr(e + 1, '.'))
+        return -EINVAL;
+    size_t n = (size_t)(e - p - 1), o = 0;
+    char *json = malloc(n + 1);
+    if (!json)
+        return -EINVAL;
+    uint32_t acc = 0;
+    int bits = 0, rc = -EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        int v = b64url_val((unsigned char)p[1 + i]);
+        if (v < 0)
+            goto out_free;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            json[o++] = (char)((acc >> bits) & 0xff);
         }
-        p = strchr(p, '&');
-        if (p)
-            p++;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(json, o, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *exp = root ? json_object_get(root, "exp") : NULL;
+    if (exp && json_is_integer(exp) && json_integer_value(exp) > 0) {
+        *exp_s = (int64_t)json_integer_value(exp);
+        rc = 0;
+    } else if (exp && json_is_real(exp) && json_real_value(exp) > 0 &&
+               json_real_value(exp) < 1e15) {
+        *exp_s = (int64_t)json_real_value(exp);
+        rc = 0;
+    }
+    json_decref(root);
+out_free:
+    free(json);
+    return rc;
+}
+
+int bs_grants_cred_expiry(const struct bs_delegation *d, int64_t *exp_s, char *err, size_t errsz)
+{
+    *exp_s = 0;
+    if (d->kind == BS_AUTH_SAS) {
+        struct bs_sas_info info;
+        if (bs_sas_parse(d->secret, NULL, 0, &info, err, errsz) != 0)
+            return -EINVAL;
+        *exp_s = info.expiry;
+    } else if (d->kind == BS_AUTH_BEARER) {
+        /* Azure reads exp; a token without one is not what Entra ID issues: refused rather
+         * than trusted for the whole grant TTL. */
+        if (bs_jwt_expiry(d->secret, exp_s) != 0) {
+            snprintf(err, errsz, "bearer token has no readable exp claim");
+            return -EINVAL;
+        }
     }
     return 0;
 }
 
-void bs_grants_put(struct bs_grants *g, const unsigned char key[32], const struct bs_delegation *d,
+void bs_grants_put(struct bs_grants *g, const unsigned char key[32], int64_t cred_expiry_s,
                    const struct bs_grant *grant)
 {
     uint64_t now = bs_now_ns();
     uint64_t expires = now + (uint64_t)g->ttl_ms * 1000000ull;
-    if (d->kind == BS_AUTH_SAS) {
-        int64_t se = bs_sas_expiry(d->secret);
-        int64_t left = se - (int64_t)time(NULL);
-        if (se > 0 && left <= 0)
+    if (cred_expiry_s > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t left_ns = (cred_expiry_s - (int64_t)ts.tv_sec) * 1000000000ll - ts.tv_nsec;
+        if (left_ns <= 0)
             return;
-        if (se > 0 && (uint64_t)left * 1000000000ull < expires - now)
-            expires = now + (uint64_t)left * 1000000000ull;
+        if ((uint64_t)left_ns < expires - now)
+            expires = now + (uint64_t)left_ns;
     }
     pthread_mutex_lock(&g->lock);
     if (g->n >= g->cap * 7 / 8)

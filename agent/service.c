@@ -19,6 +19,7 @@
 #include "grants.h"
 #include "log.h"
 #include "metrics.h"
+#include "names.h"
 #include "store.h"
 
 #define MAX_CHUNK_INDEX (1ull << 40)
@@ -76,7 +77,7 @@ struct bs_service {
     int nworkers;
 
     struct bs_metric *m_requests, *m_served, *m_origin_fetches, *m_origin_bytes, *m_errors,
-        *m_fill_seconds, *m_lookups, *m_grants_checked, *m_fill_queue;
+        *m_fill_seconds, *m_lookups, *m_grants_checked, *m_fill_queue, *m_refusals;
 };
 
 static const double fill_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
@@ -404,17 +405,59 @@ static void reply(struct bs_chunk_reply *rep, enum bs_chunk_status st, const cha
     va_end(ap);
 }
 
-static int valid_container(const char *c)
+/* Refuses a request: the reply, one warn line (names escaped, never a secret) and the count
+ * by reason. */
+static void refuse(struct bs_service *s, const struct bs_chunk_req *req, struct bs_chunk_reply *rep,
+                   enum bs_chunk_status st, const char *reason, const char *detail)
 {
-    if (strcmp(c, "$root") == 0 || strcmp(c, "$web") == 0 || strcmp(c, "$logs") == 0)
+    char blob[300], container[100], account[40], why[200];
+    bs_name_escape(req->blob, blob, sizeof(blob));
+    bs_name_escape(req->container, container, sizeof(container));
+    bs_name_escape(req->account, account, sizeof(account));
+    bs_name_escape(detail, why, sizeof(why));
+    reply(rep, st, "%s", detail);
+    bs_metric_add(s->m_refusals, reason, 1);
+    bs_log(BS_LOG_WARN, "service",
+           "event=refused reason=%s account=\"%s\" container=\"%s\" blob=\"%s\" detail=\"%s\"",
+           reason, account, container, blob, why);
+}
+
+/* Everything that can be decided without Azure: names, endpoint, credential form and
+ * expiry. Returns 0 with *cred_exp (Unix seconds, 0: none of its own), or 1 with rep filled. */
+static int check_request(struct bs_service *s, const struct bs_chunk_req *req, int64_t *cred_exp,
+                         struct bs_chunk_reply *rep)
+{
+    const struct bs_delegation *auth = &req->auth;
+    char err[200];
+    const char *bad = bs_name_blob_problem(req->blob);
+    if (!bs_name_account_ok(req->account) || !bs_name_container_ok(req->container) || bad ||
+        req->chunk > MAX_CHUNK_INDEX) {
+        snprintf(err, sizeof(err), "invalid account, container, blob or chunk index%s%s",
+                 bad ? ": " : "", bad ? bad : "");
+        refuse(s, req, rep, BS_CHUNK_ERROR, "bad_name", err);
         return 1;
-    size_t n = strlen(c);
-    if (n < 3 || n > 63)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((c[i] >= 'a' && c[i] <= 'z') || (c[i] >= '0' && c[i] <= '9') || c[i] == '-'))
-            return 0;
-    return 1;
+    }
+    if (strcmp(auth->account, req->account) != 0 ||
+        !bs_endpoint_allowed(s->patterns, auth->endpoint, req->account)) {
+        snprintf(err, sizeof(err), "endpoint not allowed for account %s", req->account);
+        bs_metric_add(s->m_errors, "endpoint_not_allowed", 1);
+        refuse(s, req, rep, BS_CHUNK_ERROR, "endpoint_not_allowed", err);
+        return 1;
+    }
+    if (auth->kind != BS_AUTH_SAS && auth->kind != BS_AUTH_BEARER &&
+        auth->kind != BS_AUTH_ANONYMOUS) {
+        refuse(s, req, rep, BS_CHUNK_ERROR, "bad_credential", "credential kind not delegable");
+        return 1;
+    }
+    if (bs_grants_cred_expiry(auth, cred_exp, err, sizeof(err)) != 0) {
+        refuse(s, req, rep, BS_CHUNK_ERROR, "bad_credential", err);
+        return 1;
+    }
+    if (*cred_exp > 0 && *cred_exp <= (int64_t)time(NULL)) {
+        refuse(s, req, rep, BS_CHUNK_DENIED, "expired", "the credential has expired");
+        return 1;
+    }
+    return 0;
 }
 
 /* Registers this thread as the one checking grant `key`, so concurrent requests with the same
@@ -457,7 +500,7 @@ static void end_check(struct bs_service *s, int slot)
 /* Access: a live grant for this credential and blob, for the version the caller expects,
  * else a HEAD with the credential. Returns 0 with *grant, or 1 with rep filled. */
 static int check_access(struct bs_service *s, const struct bs_chunk_req *req,
-                        const unsigned char gkey[32], struct bs_grant *grant,
+                        const unsigned char gkey[32], int64_t cred_exp, struct bs_grant *grant,
                         struct bs_chunk_reply *rep, uint64_t answer_end_ns)
 {
     /* A HEAD takes up to check_ms: it starts only if it ends before the answer deadline, and
@@ -494,10 +537,15 @@ static int check_access(struct bs_service *s, const struct bs_chunk_req *req,
         if (rc == 0) {
             snprintf(grant->etag, sizeof(grant->etag), "%s", props.etag);
             grant->size = props.size;
-            bs_grants_put(s->grants, gkey, auth, grant);
+            bs_grants_put(s->grants, gkey, cred_exp, grant);
         } else if (rc == -EACCES || rc == -ENOENT) {
             bs_grants_forget(s->grants, gkey);
             reply(rep, BS_CHUNK_DENIED, "the credential does not read this blob");
+            char blob[300], why[300];
+            bs_name_escape(req->blob, blob, sizeof(blob));
+            bs_name_escape(err, why, sizeof(why));
+            bs_log(BS_LOG_INFO, "service", "event=denied container=%s blob=\"%s\" detail=\"%s\"",
+                   req->container, blob, why);
         } else {
             reply(rep, BS_CHUNK_MISS, "origin check failed");
             bs_metric_add(s->m_errors, "origin", 1);
@@ -522,22 +570,15 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     /* The one deadline of this request: every wait below ends by it. */
     uint64_t answer_end_ns = bs_now_ns() + (uint64_t)s->o.answer_ms * 1000000ull;
 
-    if (!valid_container(req->container) || !req->blob[0] || req->chunk > MAX_CHUNK_INDEX) {
-        reply(rep, BS_CHUNK_ERROR, "invalid container, blob or chunk index");
+    int64_t cred_exp;
+    if (check_request(s, req, &cred_exp, rep) != 0)
         goto out;
-    }
-    if (strcmp(auth->account, req->account) != 0 ||
-        !bs_endpoint_allowed(s->patterns, auth->endpoint, req->account)) {
-        reply(rep, BS_CHUNK_ERROR, "endpoint not allowed for account %s", req->account);
-        bs_metric_add(s->m_errors, "endpoint_not_allowed", 1);
-        goto out;
-    }
 
     /* Access: a live grant for this credential and blob, for the version the caller expects. */
     unsigned char gkey[32];
     struct bs_grant grant;
     bs_grants_key(auth, req->container, req->blob, gkey);
-    if (check_access(s, req, gkey, &grant, rep, answer_end_ns) != 0)
+    if (check_access(s, req, gkey, cred_exp, &grant, rep, answer_end_ns) != 0)
         goto out;
     if (req->etag[0] && strcmp(req->etag, grant.etag) != 0) {
         reply(rep, BS_CHUNK_MISS, "blob version changed");
@@ -702,6 +743,9 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
                                       "Chunk store lookups, by result.", "result");
     s->m_grants_checked = bs_metrics_counter(metrics, "blobswarm_agent_access_checks_total",
                                              "Access checks against Azure, by result.", "result");
+    s->m_refusals =
+        bs_metrics_counter(metrics, "blobswarm_agent_refusals_total",
+                           "Requests refused before any origin access, by reason.", "reason");
     s->m_fill_queue = bs_metrics_gauge(metrics, "blobswarm_agent_fill_queue",
                                        "Fills waiting for a worker.", NULL);
     if (!s->patterns || !s->grants)

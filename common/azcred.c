@@ -14,6 +14,8 @@
 
 #include "connstr.h"
 #include "log.h"
+#include "names.h"
+#include "sas.h"
 #include "sharedkey.h"
 
 #define TOKEN_MAX 16384
@@ -169,29 +171,15 @@ void bs_azcred_invalidate(struct bs_azcred *c)
         bs_token_source_invalidate(c->tok);
 }
 
+/* The one name rule (names.h), shared with the agent. */
 static int valid_account(const char *a)
 {
-    size_t n = strlen(a);
-    if (n < 3 || n > 24)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((a[i] >= 'a' && a[i] <= 'z') || (a[i] >= '0' && a[i] <= '9')))
-            return 0;
-    return 1;
+    return bs_name_account_ok(a);
 }
 
 static int valid_container(const char *s)
 {
-    if (strcmp(s, "$root") == 0 || strcmp(s, "$web") == 0 || strcmp(s, "$logs") == 0)
-        return 1;
-    size_t n = strlen(s);
-    if (n < 3 || n > 63 || s[0] == '-' || s[n - 1] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
-              (s[i] == '-' && s[i + 1] != '-')))
-            return 0;
-    return 1;
+    return bs_name_container_ok(s);
 }
 
 static void http_date(char *out, size_t outsz)
@@ -291,7 +279,9 @@ static const char *resolve_account(const struct bs_azcred *c, const char *reques
         return NULL;
     }
     if (!valid_account(account)) {
-        snprintf(err, errsz, "invalid storage account name \"%.64s\"", account);
+        char esc[72];
+        bs_name_escape(account, esc, sizeof(esc));
+        snprintf(err, errsz, "invalid storage account name \"%s\"", esc);
         return NULL;
     }
     return account;
@@ -305,12 +295,14 @@ int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t
     if (!account)
         return -EINVAL;
     if (!r->container || !valid_container(r->container)) {
-        snprintf(err, errsz, "invalid container name \"%.70s\"", r->container ? r->container : "");
+        char esc[80];
+        bs_name_escape(r->container, esc, sizeof(esc));
+        snprintf(err, errsz, "invalid container name \"%s\"", esc);
         return -EINVAL;
     }
-    size_t blen = r->blob ? strlen(r->blob) : 0;
-    if (blen == 0 || blen > 1024) {
-        snprintf(err, errsz, "invalid blob name (empty or longer than 1024 bytes)");
+    const char *bad = bs_name_blob_problem(r->blob);
+    if (bad) {
+        snprintf(err, errsz, "invalid blob name: %s", bad);
         return -EINVAL;
     }
     char base[1024], path[3 * 1024 + 80];
@@ -329,8 +321,19 @@ int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t
         return -EINVAL;
     }
     enum bs_auth_kind kind = c->kind;
-    n = snprintf(r->url, sizeof(r->url), "%s%s%s", r->safe_url, kind == BS_AUTH_SAS ? "?" : "",
-                 kind == BS_AUTH_SAS ? c->sas : "");
+    if (kind == BS_AUTH_SAS) {
+        /* The query is rebuilt from the checked SAS fields, never appended raw: a field
+         * that is not part of a SAS (comp=, snapshot=, ...) would change the operation. */
+        char query[BS_URL_MAX], serr[160];
+        int qrc = bs_sas_parse(c->sas, query, sizeof(query), NULL, serr, sizeof(serr));
+        if (qrc != 0) {
+            snprintf(err, errsz, "%s", qrc == -ENOSPC ? "SAS too long" : serr);
+            return -EINVAL;
+        }
+        n = snprintf(r->url, sizeof(r->url), "%s?%s", r->safe_url, query);
+    } else {
+        n = snprintf(r->url, sizeof(r->url), "%s", r->safe_url);
+    }
     if (n < 0 || (size_t)n >= sizeof(r->url)) {
         snprintf(err, errsz, "blob URL with SAS too long");
         return -EINVAL;
@@ -474,6 +477,11 @@ struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char 
     c->endpoint = strdup(d->endpoint);
     c->fixed_account = strdup(d->account);
     if (d->kind == BS_AUTH_SAS) {
+        char serr[160];
+        if (bs_sas_parse(d->secret, NULL, 0, NULL, serr, sizeof(serr)) != 0) {
+            snprintf(err, errsz, "delegated %s", serr);
+            goto out_fail;
+        }
         c->sas = strdup(d->secret);
         snprintf(c->desc, sizeof(c->desc), "delegated SAS");
     } else if (d->kind == BS_AUTH_BEARER) {
@@ -486,8 +494,11 @@ struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char 
     if (!c->endpoint || !c->fixed_account || (d->kind == BS_AUTH_SAS && !c->sas) ||
         (d->kind == BS_AUTH_BEARER && !c->static_token)) {
         snprintf(err, errsz, "out of memory");
-        bs_azcred_destroy(c);
-        return NULL;
+        goto out_fail;
     }
     return c;
+
+out_fail:
+    bs_azcred_destroy(c);
+    return NULL;
 }

@@ -17,6 +17,7 @@
 #include "azcred.h"
 #include "fetch.h"
 #include "log.h"
+#include "names.h"
 
 struct props_entry {
     struct props_entry *next;
@@ -355,7 +356,7 @@ static int fetch_props(struct bs_blobreader *r, const struct target *t, struct b
     p->req.head = 1;
     int rc = request_with_retries(r, p, t, deadline_ns, err, errsz);
     if (rc == 0) {
-        if (!p->req.etag[0] || p->req.content_length == UINT64_MAX) {
+        if (p->req.status != 200 || !p->req.etag[0] || p->req.content_length == UINT64_MAX) {
             fail(err, errsz, t, "blob properties lack ETag or Content-Length (HTTP %ld)",
                  p->req.status);
             rc = -EIO;
@@ -444,6 +445,50 @@ static void props_forget(struct bs_blobreader *r, const struct target *t)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* What may be stored: a 206 for exactly the range asked for, or a 200 that is the whole blob
+ * and is exactly that range, and in both cases the version asked for (If-Match). Anything
+ * else (another operation's answer, another version, another range) is an error, never
+ * retried into the buffer. Returns 0 or a negative code with a message. */
+static int check_answer(const struct piece *p, const struct bs_fetch_req *q, const struct target *t,
+                        char *err, size_t errsz)
+{
+    uint64_t first = p->az.range_start, len = p->az.range_len;
+    if (q->status != 206 && q->status != 200) {
+        fail(err, errsz, t, "unexpected answer to a ranged read (HTTP %ld)", q->status);
+        return -EIO;
+    }
+    if (p->az.if_match && !q->etag[0]) {
+        fail(err, errsz, t, "the answer has no ETag (HTTP %ld): not blob content", q->status);
+        return -EIO;
+    }
+    if (p->az.if_match && strcmp(q->etag, p->az.if_match) != 0) {
+        /* If-Match was sent: a body of any other version is never accepted. */
+        fail(err, errsz, t, "the service answered with version %s, not %s", q->etag,
+             p->az.if_match);
+        return -ESTALE;
+    }
+    if (q->status == 206) {
+        if (!q->has_content_range || q->cr_first != first || q->cr_last != first + len - 1 ||
+            (q->content_length != UINT64_MAX && q->content_length != len)) {
+            fail(err, errsz, t,
+                 "the answer is not the range asked for (bytes %llu-%llu; Content-Range %s, "
+                 "Content-Length %lld)",
+                 (unsigned long long)first, (unsigned long long)(first + len - 1),
+                 q->has_content_range ? "mismatched" : "missing",
+                 q->content_length == UINT64_MAX ? -1ll : (long long)q->content_length);
+            return -EIO;
+        }
+    } else if (first != 0 || q->content_length != len) {
+        fail(err, errsz, t,
+             "a 200 answer to a ranged read is not the whole range (bytes %llu-%llu, "
+             "Content-Length %lld)",
+             (unsigned long long)first, (unsigned long long)(first + len - 1),
+             q->content_length == UINT64_MAX ? -1ll : (long long)q->content_length);
+        return -EIO;
+    }
+    return 0;
+}
+
 /* Checks a completed piece. Returns 0 when it is complete, 1 when it should be retried
  * (p->not_before_ns set), or a negative error. */
 static int check_piece(struct bs_blobreader *r, struct piece *p, const struct target *t,
@@ -451,22 +496,20 @@ static int check_piece(struct bs_blobreader *r, struct piece *p, const struct ta
 {
     struct bs_fetch_req *q = &p->req;
     uint64_t want = p->len - p->done;
-    int ok_status = q->status == 206 || (q->status == 200 && q->content_length == want);
-    if (q->curl_code == CURLE_OK && ok_status && p->az.if_match && q->etag[0] &&
-        strcmp(q->etag, p->az.if_match) != 0) {
-        /* If-Match was sent: a body of any other version is never accepted. */
-        fail(err, errsz, t, "the service answered with version %s, not %s", q->etag,
-             p->az.if_match);
-        return -ESTALE;
+    if (q->status >= 200 && q->status < 300) { /* headers arrived, maybe not the whole body */
+        int rc = check_answer(p, q, t, err, errsz);
+        if (rc)
+            return rc;
     }
-    if (q->curl_code == CURLE_OK && ok_status && q->got == want && !q->overflow) {
+    if (q->curl_code == CURLE_OK && q->got == want && !q->overflow &&
+        (q->status == 206 || q->status == 200)) {
         p->done = p->len;
         p->finished = 1;
         return 0;
     }
     if (q->overflow || (q->curl_code == CURLE_OK && q->status == 200)) {
-        fail(err, errsz, t, "the service returned more bytes than the range asked for (HTTP %ld)",
-             q->status);
+        fail(err, errsz, t, "the service returned %s bytes than the range asked for (HTTP %ld)",
+             q->overflow ? "more" : "fewer", q->status);
         return -EIO;
     }
     /* Keep what arrived intact and resume after it: every attempt carries If-Match. */
@@ -490,8 +533,12 @@ static int check_piece(struct bs_blobreader *r, struct piece *p, const struct ta
     p->not_before_ns = bs_now_ns() + wait_ns;
     if (p->not_before_ns >= deadline_ns)
         return describe_failure(q, t, err, errsz);
-    bs_log(BS_LOG_DEBUG, "reader", "event=retry blob=\"%s\" attempt=%d status=%ld curl=%d", t->blob,
-           p->attempts, q->status, q->curl_code);
+    if (BS_LOG_DEBUG <= bs_log_threshold) {
+        char blob[300];
+        bs_name_escape(t->blob, blob, sizeof(blob));
+        bs_log(BS_LOG_DEBUG, "reader", "event=retry blob=\"%s\" attempt=%d status=%ld curl=%d",
+               blob, p->attempts, q->status, q->curl_code);
+    }
     return 1;
 }
 

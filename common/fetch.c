@@ -96,32 +96,75 @@ static void complete(struct bs_fetch_req *r, int curl_code)
     pthread_mutex_unlock(&s->m);
 }
 
-static size_t on_header(char *data, size_t sz, size_t n, void *ud)
+/* Parses a decimal uint64 of exactly [s, s+n); -1 on anything else (sign, space, overflow). */
+static int parse_u64(const char *s, size_t n, uint64_t *out)
 {
-    struct bs_fetch_req *r = ud;
-    size_t len = sz * n;
+    uint64_t v = 0;
+    if (n == 0 || n > 20)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* "bytes first-last/total" with first <= last < total; else no range. */
+static void parse_content_range(struct bs_fetch_req *r, const char *v, size_t vl)
+{
+    r->has_content_range = 0;
+    if (vl < 6 || strncmp(v, "bytes ", 6) != 0)
+        return;
+    const char *p = v + 6, *e = v + vl;
+    const char *dash = memchr(p, '-', (size_t)(e - p));
+    const char *slash = dash ? memchr(dash, '/', (size_t)(e - dash)) : NULL;
+    uint64_t a, b, t;
+    if (!slash || parse_u64(p, (size_t)(dash - p), &a) ||
+        parse_u64(dash + 1, (size_t)(slash - dash - 1), &b) ||
+        parse_u64(slash + 1, (size_t)(e - slash - 1), &t) || a > b || b >= t)
+        return;
+    r->cr_first = a;
+    r->cr_last = b;
+    r->cr_total = t;
+    r->has_content_range = 1;
+}
+
+static void reset_captured(struct bs_fetch_req *r)
+{
+    r->etag[0] = r->error_code[0] = '\0';
+    r->retry_after_ms = -1;
+    r->content_length = UINT64_MAX;
+    r->has_content_range = 0;
+    r->cr_first = r->cr_last = r->cr_total = 0;
+    if (r->capture_cap)
+        r->capture[0] = '\0';
+}
+
+void bs_fetch_header_line(struct bs_fetch_req *r, const char *data, size_t len)
+{
     if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
         /* A new response (after 100-continue or a retry inside curl): reset. */
-        r->etag[0] = r->error_code[0] = '\0';
-        r->retry_after_ms = -1;
-        r->content_length = UINT64_MAX;
-        if (r->capture_cap)
-            r->capture[0] = '\0';
-        return len;
+        reset_captured(r);
+        return;
     }
     const char *colon = memchr(data, ':', len);
     if (!colon)
-        return len;
+        return;
     size_t nl = (size_t)(colon - data);
     const char *v = colon + 1, *e = data + len;
     while (v < e && (*v == ' ' || *v == '\t'))
         v++;
-    while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' '))
+    while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\t'))
         e--;
     size_t vl = (size_t)(e - v);
 #define IS(name) (nl == sizeof(name) - 1 && strncasecmp(data, name, nl) == 0)
     if (IS("etag")) {
-        if (vl < sizeof(r->etag)) {
+        if (vl < sizeof(r->etag) && !memchr(v, '\0', vl)) {
             memcpy(r->etag, v, vl);
             r->etag[vl] = '\0';
         }
@@ -131,34 +174,29 @@ static size_t on_header(char *data, size_t sz, size_t n, void *ud)
         memcpy(r->error_code, v, vl);
         r->error_code[vl] = '\0';
     } else if (IS("retry-after")) {
-        char tmp[32];
-        if (vl < sizeof(tmp)) {
-            memcpy(tmp, v, vl);
-            tmp[vl] = '\0';
-            char *end;
-            long secs = strtol(tmp, &end, 10);
-            if (end != tmp && *end == '\0' && secs >= 0 && secs < 3600)
-                r->retry_after_ms = secs * 1000;
-        }
+        uint64_t secs;
+        if (parse_u64(v, vl, &secs) == 0 && secs < 3600)
+            r->retry_after_ms = (long)secs * 1000;
     } else if (IS("content-length")) {
-        char tmp[32];
-        if (vl < sizeof(tmp)) {
-            memcpy(tmp, v, vl);
-            tmp[vl] = '\0';
-            char *end;
-            unsigned long long cl = strtoull(tmp, &end, 10);
-            if (end != tmp && *end == '\0')
-                r->content_length = cl;
-        }
-    } else if (r->capture_header && nl == strlen(r->capture_header) &&
-               strncasecmp(data, r->capture_header, nl) == 0 && r->capture_cap) {
+        uint64_t cl;
+        if (parse_u64(v, vl, &cl) == 0)
+            r->content_length = cl;
+    } else if (IS("content-range")) {
+        parse_content_range(r, v, vl);
+    } else if (r->capture_header && r->capture_cap && nl == strlen(r->capture_header) &&
+               strncasecmp(data, r->capture_header, nl) == 0) {
         if (vl >= r->capture_cap)
             vl = r->capture_cap - 1;
         memcpy(r->capture, v, vl);
         r->capture[vl] = '\0';
     }
 #undef IS
-    return len;
+}
+
+static size_t on_header(char *data, size_t sz, size_t n, void *ud)
+{
+    bs_fetch_header_line(ud, data, sz * n);
+    return sz * n;
 }
 
 static size_t on_body(char *data, size_t sz, size_t n, void *ud)
@@ -209,9 +247,7 @@ static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
     r->handle_ = h;
     r->status = 0;
     r->overflow = 0;
-    r->etag[0] = r->error_code[0] = '\0';
-    r->retry_after_ms = -1;
-    r->content_length = UINT64_MAX;
+    reset_captured(r);
     r->stall_ns_ = (uint64_t)o->stall_timeout_ms * 1000000ull;
     r->last_rx_ns_ = bs_now_ns();
     r->last_dlnow_ = 0;
@@ -222,8 +258,6 @@ static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
     curl_easy_setopt(h, CURLOPT_NOBODY, r->head ? 1L : 0L);
     if (r->post_body)
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->post_body);
-    if (r->capture_cap)
-        r->capture[0] = '\0';
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
@@ -239,6 +273,8 @@ static int start_transfer(struct io_thread *t, struct bs_fetch_req *r)
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    /* The URL goes out exactly as built: no dot-segment resolution behind our back. */
+    curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
     if (t->f->ca_bundle[0])
         curl_easy_setopt(h, CURLOPT_CAINFO, t->f->ca_bundle);
     if (curl_multi_add_handle(t->multi, h) != CURLM_OK) {

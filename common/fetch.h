@@ -38,6 +38,8 @@ struct bs_fetch_req {
     int overflow;            /* the server sent more than dst_cap */
     uint64_t content_length; /* from Content-Length, UINT64_MAX when absent */
     char etag[128];
+    int has_content_range; /* a well-formed Content-Range: bytes first-last/total */
+    uint64_t cr_first, cr_last, cr_total;
     char error_code[96]; /* x-ms-error-code */
     long retry_after_ms; /* from Retry-After, -1 when absent */
     /* private */
@@ -71,5 +73,10 @@ int bs_fetch_submit(struct bs_fetch *f, struct bs_fetch_batch *b, struct bs_fetc
 int bs_fetch_wait(struct bs_fetch *f, struct bs_fetch_batch *b, uint64_t deadline_ns);
 
 uint64_t bs_now_ns(void);
+
+/* Reads one response header line (as curl hands it over: "Name: value\r\n", or a status
+ * line, which resets every captured field) into r's out fields. Any bytes are accepted; a
+ * value that is malformed or too long leaves its field unset. Exposed for the fuzz target. */
+void bs_fetch_header_line(struct bs_fetch_req *r, const char *line, size_t len);
 
 #endif

@@ -4,6 +4,11 @@
 
 # case  timeout (s), one list per area (tests/integration/security/<area>.sh)
 set(BS_SEC_CASES_FILL      # fill.sh: query-string poisoning, path escape, expiry
+  fill_sas_operation 120
+  fill_bad_answer 180
+  fill_path_escape 180
+  fill_expired_encoded 120
+  fill_bearer_exp 120
 )
 
 set(BS_SEC_CASES_STORE     # store.sh: permissions, tampering, planted links, tenant share

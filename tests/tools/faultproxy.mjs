@@ -29,6 +29,12 @@
 //   {"kind":"stall","count":1,"ms":3000,"afterBytes":N}
 //        forward the headers and N body bytes, then send nothing for ms milliseconds, then
 //        the rest (if the client is still there)
+//   {"kind":"rewrite","count":1,"status":200,"dropHeaders":["etag"],"setHeaders":{...},
+//    "bodyBytes":N,"fillByte":88}
+//        forward, then answer with the upstream response changed (a wrong origin): status
+//        replaced, headers dropped/set (names case-insensitive), body cut to N bytes and/or
+//        every byte replaced by fillByte; Content-Length is the new body's length unless
+//        setHeaders gives one. A non-2xx upstream answer passes unharmed (fault given back).
 import http from 'node:http';
 
 const args = process.argv.slice(2);
@@ -49,14 +55,14 @@ if (target.protocol !== 'http:') {
 }
 
 const upstreamAgent = new http.Agent({ keepAlive: true, maxSockets: 256 });
-const KINDS = ['none', 'status', 'reset', 'truncate', 'stall'];
+const KINDS = ['none', 'status', 'reset', 'truncate', 'stall', 'rewrite'];
 let rule = { kind: 'none' };
 let left = 0;
 let stats;
 function resetStats() {
   stats = {
     requests: 0, byMethod: {}, blobGets: 0, rangedGets: 0, heads: 0,
-    faults: { status: 0, reset: 0, truncate: 0, stall: 0 }, injected: 0,
+    faults: { status: 0, reset: 0, truncate: 0, stall: 0, rewrite: 0 }, injected: 0,
   };
 }
 resetStats();
@@ -281,6 +287,35 @@ function injectStall(req, res) {
   }, ms);
 }
 
+function injectRewrite(req, res) {
+  forward(req, res, (ures) => {
+    const parts = [];
+    ures.on('data', (c) => parts.push(c));
+    ures.on('error', () => res.destroy());
+    ures.on('end', () => {
+      let body = Buffer.concat(parts);
+      if (!(ures.statusCode >= 200 && ures.statusCode < 300)) {
+        refundFault();
+        res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
+        res.end(body);
+        return;
+      }
+      takeFault('rewrite');
+      if (rule.bodyBytes !== undefined) body = body.subarray(0, Math.min(body.length, Number(rule.bodyBytes)));
+      if (rule.fillByte !== undefined) body = Buffer.alloc(body.length, Number(rule.fillByte));
+      const set = Object.fromEntries(Object.entries(rule.setHeaders ?? {}).map(([k, v]) => [k.toLowerCase(), String(v)]));
+      const head = req.method === 'HEAD'; // keeps the blob's Content-Length unless told
+      const drop = new Set([...HOP, ...(head ? [] : ['content-length']),
+        ...(rule.dropHeaders ?? []).map((h) => h.toLowerCase()), ...Object.keys(set)]);
+      const headers = rawWithout(ures.rawHeaders, drop);
+      for (const [k, v] of Object.entries(set)) headers.push(k, v);
+      if (!head && set['content-length'] === undefined) headers.push('content-length', String(body.length));
+      res.writeHead(rule.status ?? ures.statusCode, headers);
+      res.end(req.method === 'HEAD' ? undefined : body);
+    });
+  });
+}
+
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/__')) {
     control(req, res);
@@ -300,6 +335,7 @@ const server = http.createServer((req, res) => {
     case 'reset': return injectCut(req, res, 'reset');
     case 'truncate': return injectCut(req, res, 'truncate');
     case 'stall': return injectStall(req, res);
+    case 'rewrite': return injectRewrite(req, res);
     default: return passThrough(req, res);
   }
 });

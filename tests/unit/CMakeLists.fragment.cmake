@@ -7,7 +7,7 @@ if(NOT TARGET PkgConfig::CMOCKA)
   pkg_check_modules(CMOCKA REQUIRED IMPORTED_TARGET cmocka)
 endif()
 
-set(BS_UNIT_MODULES config connstr sharedkey token blobreader crc32c log)
+set(BS_UNIT_MODULES config connstr sharedkey token blobreader crc32c log names azcred fetch)
 foreach(module IN LISTS BS_UNIT_MODULES)
   add_executable(unit_${module} ${CMAKE_CURRENT_LIST_DIR}/test_${module}.c)
   target_link_libraries(unit_${module} PRIVATE bs_common PkgConfig::CMOCKA)
@@ -55,3 +55,9 @@ add_executable(unit_agentproto ${CMAKE_CURRENT_LIST_DIR}/test_agentproto.c)
 target_link_libraries(unit_agentproto PRIVATE bs_agent PkgConfig::CMOCKA)
 add_test(NAME unit_agentproto COMMAND unit_agentproto)
 set_tests_properties(unit_agentproto PROPERTIES LABELS unit TIMEOUT 60)
+
+# common/sas (SAS fields, expiry) with the agent's credential expiry and grant cap.
+add_executable(unit_sas ${CMAKE_CURRENT_LIST_DIR}/test_sas.c)
+target_link_libraries(unit_sas PRIVATE bs_agent PkgConfig::CMOCKA Threads::Threads)
+add_test(NAME unit_sas COMMAND unit_sas)
+set_tests_properties(unit_sas PROPERTIES LABELS unit TIMEOUT 60)
