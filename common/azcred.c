@@ -322,15 +322,11 @@ int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t
     }
     enum bs_auth_kind kind = c->kind;
     if (kind == BS_AUTH_SAS) {
-        /* The query is rebuilt from the checked SAS fields, never appended raw: a field
-         * that is not part of a SAS (comp=, snapshot=, ...) would change the operation. */
-        char query[BS_URL_MAX], serr[160];
-        int qrc = bs_sas_parse(c->sas, query, sizeof(query), NULL, serr, sizeof(serr));
-        if (qrc != 0) {
-            snprintf(err, errsz, "%s", qrc == -ENOSPC ? "SAS too long" : serr);
-            return -EINVAL;
-        }
-        n = snprintf(r->url, sizeof(r->url), "%s?%s", r->safe_url, query);
+        /* A delegated SAS was rebuilt from its checked fields when the agent took it
+         * (bs_azcred_from_delegation). The process's own SAS goes to Azure as the user gave
+         * it, as the streamer's own Azure path sends it: refusing a SAS that Azure accepts
+         * would fail a load that a direct read completes. */
+        n = snprintf(r->url, sizeof(r->url), "%s?%s", r->safe_url, c->sas);
     } else {
         n = snprintf(r->url, sizeof(r->url), "%s", r->safe_url);
     }
@@ -477,12 +473,16 @@ struct bs_azcred *bs_azcred_from_delegation(const struct bs_delegation *d, char 
     c->endpoint = strdup(d->endpoint);
     c->fixed_account = strdup(d->account);
     if (d->kind == BS_AUTH_SAS) {
-        char serr[160];
-        if (bs_sas_parse(d->secret, NULL, 0, NULL, serr, sizeof(serr)) != 0) {
-            snprintf(err, errsz, "delegated %s", serr);
+        /* What the agent sends is the SAS's canonical encoding, rebuilt from the checked SAS
+         * fields, never the caller's text: a field that is not part of a SAS (comp=,
+         * snapshot=, ...) would change the operation. */
+        char serr[160], canon[BS_SECRET_MAX];
+        int qrc = bs_sas_parse(d->secret, canon, sizeof(canon), NULL, serr, sizeof(serr));
+        if (qrc != 0) {
+            snprintf(err, errsz, "delegated %s", qrc == -ENOSPC ? "SAS too long" : serr);
             goto out_fail;
         }
-        c->sas = strdup(d->secret);
+        c->sas = strdup(canon);
         snprintf(c->desc, sizeof(c->desc), "delegated SAS");
     } else if (d->kind == BS_AUTH_BEARER) {
         c->static_token = strdup(d->secret);
