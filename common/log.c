@@ -32,35 +32,6 @@ void bs_log_set_level(int level)
     bs_log_threshold = level;
 }
 
-const char *bs_log_quote(const char *s, char *out, size_t outsz)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    if (!outsz)
-        return out;
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        char e[4];
-        size_t n = 0;
-        if (*p == '"' || *p == '\\') {
-            e[n++] = '\\';
-            e[n++] = (char)*p;
-        } else if (*p < 0x20 || *p == 0x7f) {
-            e[n++] = '\\';
-            e[n++] = 'x';
-            e[n++] = hex[*p >> 4];
-            e[n++] = hex[*p & 15];
-        } else {
-            e[n++] = (char)*p;
-        }
-        if (o + n + 1 > outsz)
-            break; /* cut whole escapes only */
-        memcpy(out + o, e, n);
-        o += n;
-    }
-    out[o] = '\0';
-    return out;
-}
-
 void bs_log_emit(int level, const char *component, const char *fmt, ...)
 {
     char line[2048], text[2048];
@@ -80,7 +51,7 @@ void bs_log_emit(int level, const char *component, const char *fmt, ...)
     va_end(ap);
     if (m < 0)
         return;
-    /* Control bytes become \xNN; quotes are the caller's (use bs_log_quote for values). */
+    /* Control bytes become \xNN; quotes are the caller's (bs_name_escape for values). */
     static const char hex[] = "0123456789abcdef";
     size_t len = (size_t)n;
     for (const unsigned char *p = (const unsigned char *)text; *p && len + 5 < sizeof(line); p++) {

@@ -4,8 +4,6 @@
 #ifndef BS_LOG_H
 #define BS_LOG_H
 
-#include <stddef.h>
-
 enum bs_log_level { BS_LOG_ERROR = 0, BS_LOG_WARN, BS_LOG_INFO, BS_LOG_DEBUG, BS_LOG_OFF = -1 };
 
 extern int bs_log_threshold;
@@ -13,10 +11,6 @@ extern int bs_log_threshold;
 /* Parses "error|warn|info|debug|off" (NULL/empty gives `fallback`). */
 int bs_log_parse_level(const char *s, int fallback);
 void bs_log_set_level(int level);
-/* Copies s into out (outsz bytes, NUL-terminated, cut at a whole escape) with '"' and '\\'
- * escaped and control bytes as \xNN, for a value logged as key="%s" that came from outside
- * (blob names, reasons). Returns out. The sink itself escapes control bytes in every line. */
-const char *bs_log_quote(const char *s, char *out, size_t outsz);
 void bs_log_emit(int level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -52,23 +52,10 @@ static void test_sink_escapes_control_bytes(void **state)
     free(line);
 }
 
-static void test_quote(void **state)
-{
-    (void)state;
-    char out[64];
-    assert_string_equal(bs_log_quote("a\"b\\c\nd", out, sizeof(out)), "a\\\"b\\\\c\\x0ad");
-    assert_string_equal(bs_log_quote(NULL, out, sizeof(out)), "");
-    /* Cut at a whole escape, never half of one. */
-    assert_string_equal(bs_log_quote("ab\n", out, 5), "ab");
-    assert_string_equal(bs_log_quote("ab\"", out, 5), "ab\\\"");
-    assert_string_equal(bs_log_quote("abcdef", out, 4), "abc");
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sink_escapes_control_bytes),
-        cmocka_unit_test(test_quote),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
