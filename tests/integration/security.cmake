@@ -14,6 +14,7 @@ set(BS_SEC_CASES_CONN      # conn.sh: connection exhaustion, fair fills, drain
 
 set(BS_SEC_CASES_SHIM      # shim.sh: fake agent, narrow delegation, deadlines
   shim_fake_agent 120
+  shim_token_single_flight 120
 )
 
 set(BS_SEC_CASES ${BS_SEC_CASES_FILL} ${BS_SEC_CASES_STORE} ${BS_SEC_CASES_CONN}

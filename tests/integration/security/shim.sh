@@ -42,3 +42,61 @@ case_shim_fake_agent() {
   grep -q 'event=agent_refused' "$T/fake-sharedkey.out" ||
     fail "the refusal was not logged: $(tail -n 3 "$T/fake-sharedkey.out")"
 }
+
+# tok_start: a private token server (tests/tools/tokenserver.mjs; the shared one is not ours to
+# slow down); sets TOK_URL.
+tok_start() {
+  local pid i
+  node "$TOOLS/tokenserver.mjs" --tenant "$BS_IT_TENANT" --client-id "$BS_IT_CLIENT_ID" \
+    --client-secret "$BS_IT_CLIENT_SECRET" --federated-token-file "$BS_IT_FEDERATED_TOKEN_FILE" \
+    --identity-header "$BS_IT_IDENTITY_HEADER" --port-file "$T/tok.port" >"$T/tok.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  for ((i = 0; i < 200; i++)); do
+    [ -s "$T/tok.port" ] && break
+    alive "$pid" || fail "token server exited: $(cat "$T/tok.log")"
+    sleep 0.05
+  done
+  [ -s "$T/tok.port" ] || fail "token server did not start"
+  TOK_URL=http://127.0.0.1:$(cat "$T/tok.port")
+}
+tok_control() { curl -fsS --max-time 5 -X POST --data "$1" "$TOK_URL/control" >/dev/null || fail "token control $1"; }
+# tok_count issued|rejected: client-secret tokens since the start.
+tok_count() { curl -fsS --max-time 5 "$TOK_URL/stats" | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s)['$1'].client_secret))"; }
+
+# herd LABEL MODE BLOB THREADS OFFSET LENGTH SEED: THREADS blob_reads released at once
+# (agent_herd, no agent) with READ_ENV; output in $T/LABEL.out; returns agent_herd's status.
+herd() {
+  local label=$1 mode=$2
+  shift 2
+  : "${BS_AGENT_HERD:?set BS_AGENT_HERD to agent_herd}"
+  BLOBSWARM_AGENT=off BLOBSWARM_LOG_LEVEL=${SHIM_LOG_LEVEL:-warn} timeout "$LOAD_S" \
+    bash "$TOOLS/run-with-auth.sh" "$mode" -- env "${READ_ENV[@]}" \
+    "$BS_AGENT_HERD" "$BS_SHIM_LIB" "$ACCOUNT" data "$@" >"$T/$label.out" 2>&1
+}
+
+# A slow, failing token endpoint meets 8 concurrent blob_reads of a process without a token:
+# one fetch is in flight at a time and everyone waiting for it shares its result, instead of
+# each caller retrying it in turn behind a lock (8 x the endpoint's delay).
+case_shim_token_single_flight() {
+  local size=$((8 * MIB)) t0 ms n
+  upload https data sec-shim-tok.bin 62 "$size"
+  tok_start
+  READ_ENV=(AZURE_AUTHORITY_HOST="$TOK_URL")
+  # Every token request waits 1.5 s, then fails (HTTP 500).
+  tok_control '{"delay_ms":{"client_secret":1500},"fail":{"client_secret":{"count":1000,"status":500}}}'
+  t0=$(date +%s%N)
+  if herd tok-fail client-secret sec-shim-tok.bin 8 0 "$size" 62; then
+    fail "the reads succeeded without a token"
+  fi
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  n=$(tok_count rejected)
+  log "8 concurrent readers, failing endpoint: $n token request(s), load failed after $ms ms"
+  expect_le "token requests while 8 callers wanted one (failing endpoint)" "$n" 2
+  # The endpoint recovers: the next load works and fetches one token for all 8 readers.
+  tok_control '{"reset":true}'
+  tok_control '{"delay_ms":{"client_secret":1500}}'
+  herd tok-ok client-secret sec-shim-tok.bin 8 0 "$size" 62 ||
+    fail "reads after the token endpoint recovered: $(tail -n 3 "$T/tok-ok.out")"
+  expect_eq "tokens issued for 8 concurrent readers" "$(tok_count issued)" 1
+}
