@@ -100,3 +100,48 @@ case_shim_token_single_flight() {
     fail "reads after the token endpoint recovered: $(tail -n 3 "$T/tok-ok.out")"
   expect_eq "tokens issued for 8 concurrent readers" "$(tok_count issued)" 1
 }
+
+# What each credential hands the agent, recorded by an accepted fake agent (ours, same uid):
+# Shared Key and bearer identities -> a read-only SAS for exactly the one blob (sr=b, sp=r;
+# bearer: user-delegation, skoid=...), never an account key or a bearer token; a user's own
+# SAS -> as it is (docs/protocol.md). A minted SAS reads that blob from Azure and nothing else.
+case_shim_narrow_delegation() {
+  local size=$((9 * MIB)) mode rec kind secret st
+  upload https data sec-shim-narrow.bin 63 "$size"
+  upload https data sec-shim-narrow-other.bin 64 "$MIB"
+  fake_start narrow
+  READ_ENV=(BLOBSWARM_AGENT_UID="$(id -u)")
+  for mode in sharedkey client-secret workload-identity imds appservice service-sas; do
+    : >"$T/narrow/record"
+    load "narrow-$mode" "$mode" "$(agent_sock narrow)" data sec-shim-narrow.bin "$size" 63
+    rec=$(grep '"op\\":\\"chunk' "$T/narrow/record" | head -n1)
+    [ -n "$rec" ] || fail "$mode: the accepted agent received no chunk request"
+    kind=$(node -e 'const r=JSON.parse(process.argv[1]);console.log(JSON.parse(r.frame).auth.kind)' "$rec")
+    secret=$(node -e 'const r=JSON.parse(process.argv[1]);console.log(JSON.parse(r.frame).auth.secret)' "$rec")
+    grep -q 'eyJ' "$T/narrow/record" && fail "$mode: a JWT (bearer token) reached the agent"
+    grep -qF "$(echo "$BS_IT_HTTPS_CONN" | sed 's/.*AccountKey=\([^;]*\);.*/\1/')" "$T/narrow/record" &&
+      fail "$mode: the account key reached the agent"
+    case $mode in
+      service-sas)
+        expect_eq "$mode: delegated kind" "$kind" sas
+        [ "$secret" = "$BS_IT_SERVICE_SAS_HTTPS" ] || fail "$mode: the user's SAS was altered"
+        ;;
+      *)
+        expect_eq "$mode: delegated kind" "$kind" sas
+        case "&$secret&" in *"&sr=b&"*) ;; *) fail "$mode: SAS not scoped to one blob: sr=${secret#*sr=}" ;; esac
+        case "&$secret&" in *"&sp=r&"*) ;; *) fail "$mode: SAS not read-only" ;; esac
+        if [ "$mode" != sharedkey ]; then
+          case "&$secret&" in *"&skoid="*) ;; *) fail "$mode: not a user-delegation SAS" ;; esac
+        fi
+        # The SAS reads this blob from Azure, and no other.
+        st=$(curl -s --cacert "$BS_IT_CA_BUNDLE" -o /dev/null -w '%{http_code}' -r 0-15 \
+          "$BS_IT_HTTPS_ENDPOINT/data/sec-shim-narrow.bin?$secret")
+        expect_eq "$mode: minted SAS reads its blob (HTTP)" "$st" 206
+        st=$(curl -s --cacert "$BS_IT_CA_BUNDLE" -o /dev/null -w '%{http_code}' -r 0-15 \
+          "$BS_IT_HTTPS_ENDPOINT/data/sec-shim-narrow-other.bin?$secret")
+        expect_eq "$mode: minted SAS reads another blob (HTTP)" "$st" 403
+        ;;
+    esac
+    log "ok: $mode delegates $kind ($(echo "$secret" | tr '&' '\n' | cut -d= -f1 | tr '\n' ' '))"
+  done
+}
