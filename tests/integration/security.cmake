@@ -16,6 +16,7 @@ set(BS_SEC_CASES_SHIM      # shim.sh: fake agent, narrow delegation, deadlines
   shim_fake_agent 120
   shim_token_single_flight 120
   shim_narrow_delegation 180
+  shim_http_meta 180
 )
 
 set(BS_SEC_CASES ${BS_SEC_CASES_FILL} ${BS_SEC_CASES_STORE} ${BS_SEC_CASES_CONN}

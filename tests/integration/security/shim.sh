@@ -145,3 +145,20 @@ case_shim_narrow_delegation() {
     log "ok: $mode delegates $kind ($(echo "$secret" | tr '&' '\n' | cut -d= -f1 | tr '\n' ' '))"
   done
 }
+
+# The HTTP route must work for every geometry the agent accepts: 64 MiB chunks of 16 KiB
+# blocks (4,096 block checksums, the most a reply carries) over HTTP, byte-exact and served by
+# the agent (a reply that does not fit its transport silently sends every read to Azure).
+case_shim_http_meta() {
+  local size=$((70 * MIB)) served
+  upload https data sec-shim-meta.bin 65 "$size"
+  agent_start big --chunk-bytes=64M --block-bytes=16K
+  READ_ENV=(BLOBSWARM_AGENT_TIMEOUT_MS=60000)
+  load meta-cold sharedkey "$(agent_http big)" data sec-shim-meta.bin "$size" 65
+  snap big 0
+  load meta-warm sharedkey "$(agent_http big)" data sec-shim-meta.bin "$size" 65
+  snap big 1
+  served=$(($(mdelta 0 1 "$REQ{status=\"hit\"}") + $(mdelta 0 1 "$REQ{status=\"filled\"}")))
+  log "warm load over HTTP: $served chunk requests served, $(mdelta 0 1 "$REQ{status=\"miss\"}") misses"
+  expect_ge "warm load over HTTP with 4096-block chunks: chunk requests served" "$served" 2
+}
