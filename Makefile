@@ -6,11 +6,12 @@
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
 BUILD_FUZZ ?= build-fuzz
+BUILD_TSAN ?= build-tsan
 FUZZ_SECONDS ?= 10
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?= -DBS_WERROR=ON
 
-.PHONY: all setup build build-asan test test-unit test-asan fuzz bench demo install-shim format format-check clean
+.PHONY: all setup build build-asan build-tsan test test-unit test-asan test-tsan fuzz bench demo install-shim format format-check clean
 
 all: build
 
@@ -36,6 +37,21 @@ test-unit: build
 test-asan: build-asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(BUILD_ASAN) --output-on-failure -L unit
+
+build-tsan:
+	cmake -S . -B $(BUILD_TSAN) $(CMAKE_ARGS) -DBS_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(BUILD_TSAN) -j $(JOBS)
+
+# ThreadSanitizer on the shim's threads: the unit tests, then the integration tests whose
+# shim runs many blob_read threads at once (concurrent direct reads, the token cache, and
+# the shim's adversarial cases: agent refusal, token single-flight, delegation, HTTP route).
+# The first report fails the test (halt_on_error).
+TSAN_TESTS ?= ^(integration_direct_(tokencache|concurrency)|sec_shim_.*)$$
+test-tsan: build-tsan
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest --test-dir $(BUILD_TSAN) --output-on-failure -L unit
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest --test-dir $(BUILD_TSAN) --output-on-failure --timeout 900 -R '$(TSAN_TESTS)'
 
 # Each libFuzzer target runs FUZZ_SECONDS from the checked-in corpus; a crash fails the run.
 fuzz:
@@ -67,4 +83,4 @@ format-check:
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ) $(BUILD_TSAN)
