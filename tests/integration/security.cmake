@@ -17,6 +17,8 @@ set(BS_SEC_CASES_SHIM      # shim.sh: fake agent, narrow delegation, deadlines
   shim_token_single_flight 120
   shim_narrow_delegation 180
   shim_http_meta 180
+  shim_connstr_endpoint_only 60
+  shim_error_cause_first 60
 )
 
 set(BS_SEC_CASES ${BS_SEC_CASES_FILL} ${BS_SEC_CASES_STORE} ${BS_SEC_CASES_CONN}

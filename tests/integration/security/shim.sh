@@ -163,3 +163,25 @@ case_shim_http_meta() {
   # 10 calls of 8 MiB, each inside one 64 MiB chunk: every one served by the agent.
   expect_ge "warm load over HTTP with 4096-block chunks: chunk requests served" "$served" 10
 }
+
+# A SAS connection string with only BlobEndpoint (no AccountName), and no account passed to
+# blob_read: the account comes from the endpoint, as the Azure SDKs derive it.
+case_shim_connstr_endpoint_only() {
+  BLOBSWARM_AGENT=off timeout "$LOAD_S" bash "$TOOLS/run-with-auth.sh" conn-sas -- \
+    "$BS_AGENT_HERD" "$BS_SHIM_LIB" "" data small.bin 4 0 $((MIB + 120)) 1 >"$T/endpoint-only.out" 2>&1 ||
+    fail "reads without an account name: $(tail -n 1 "$T/endpoint-only.out")"
+  log "ok: $(tail -n 1 "$T/endpoint-only.out")"
+}
+
+# error_buf (512 bytes, as the streamer passes) names the cause even for a long blob name:
+# the cause comes first, the name last (where it is cut).
+case_shim_error_cause_first() {
+  local long
+  long=models/$(printf 'x%.0s' $(seq 1 900)).safetensors
+  if SHIM_LOG_LEVEL=off load_rc cause sharedkey "" data "$long" 16 1; then
+    fail "a read of a blob that does not exist succeeded"
+  fi
+  grep -q 'failed: blobswarm: blob not found (HTTP 404 BlobNotFound)' "$T/cause.out" ||
+    fail "the cause is missing from the message: $(grep -m1 'failed' "$T/cause.out" | cut -c1-200)..."
+  log "ok: $(grep -m1 -o 'blobswarm: blob not found[^[]*' "$T/cause.out")"
+}
