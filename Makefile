@@ -56,8 +56,8 @@ test-tsan: build-tsan
 # Each libFuzzer target runs FUZZ_SECONDS from the checked-in corpus; a crash fails the run.
 fuzz:
 	cmake -S . -B $(BUILD_FUZZ) -DCMAKE_C_COMPILER=clang -DBS_FUZZ=ON -DBS_TESTS=OFF $(CMAKE_ARGS)
-	cmake --build $(BUILD_FUZZ) -j $(JOBS) --target fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto
-	@for t in fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto; do \
+	cmake --build $(BUILD_FUZZ) -j $(JOBS) --target fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto fuzz_frame
+	@for t in fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto fuzz_frame; do \
 	  mkdir -p $(BUILD_FUZZ)/corpus/$$t; \
 	  if $(BUILD_FUZZ)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
 	       $(BUILD_FUZZ)/corpus/$$t fuzz/corpus/$$t > $(BUILD_FUZZ)/$$t.log 2>&1; then \

@@ -1,10 +1,11 @@
+# shellcheck shell=bash
 # Adversarial cases: shim (see tests/integration/test_security.sh). The shim side of the trust
 # boundary: whom it hands a credential to, what it hands over, and how long it waits.
 
 # fake_start NAME [UID]: a fake agent (tests/tools/fakeagent.mjs) listening on $T/NAME/agent.sock,
 # run as UID (default: ours) through setpriv; what it receives goes to $T/NAME/record.
 fake_start() {
-  local name=$1 uid=${2:-$(id -u)} d=$T/$1 pid i
+  local uid=${2:-$(id -u)} d=$T/$1 pid i
   mkdir -p "$d"
   # The fake may run as another uid: it creates its socket and record in $d.
   chmod 0711 "$T"
@@ -106,7 +107,7 @@ case_shim_token_single_flight() {
 # bearer: user-delegation, skoid=...), never an account key or a bearer token; a user's own
 # SAS -> as it is (docs/protocol.md). A minted SAS reads that blob from Azure and nothing else.
 case_shim_narrow_delegation() {
-  local size=$((9 * MIB)) mode rec kind secret st
+  local size=$((9 * MIB)) mode rec kind secret st key
   upload https data sec-shim-narrow.bin 63 "$size"
   upload https data sec-shim-narrow-other.bin 64 "$MIB"
   fake_start narrow
@@ -119,7 +120,8 @@ case_shim_narrow_delegation() {
     kind=$(node -e 'const r=JSON.parse(process.argv[1]);console.log(JSON.parse(r.frame).auth.kind)' "$rec")
     secret=$(node -e 'const r=JSON.parse(process.argv[1]);console.log(JSON.parse(r.frame).auth.secret)' "$rec")
     grep -q 'eyJ' "$T/narrow/record" && fail "$mode: a JWT (bearer token) reached the agent"
-    grep -qF "$(echo "$BS_IT_HTTPS_CONN" | sed 's/.*AccountKey=\([^;]*\);.*/\1/')" "$T/narrow/record" &&
+    key=${BS_IT_HTTPS_CONN#*AccountKey=}
+    grep -qF "${key%%;*}" "$T/narrow/record" &&
       fail "$mode: the account key reached the agent"
     case $mode in
       service-sas)
