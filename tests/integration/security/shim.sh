@@ -187,3 +187,20 @@ case_shim_error_cause_first() {
     fail "the cause is missing from the message: $(grep -m1 'failed' "$T/cause.out" | cut -c1-200)..."
   log "ok: $(grep -m1 -o 'blobswarm: blob not found[^[]*' "$T/cause.out")"
 }
+
+# blobswarm-read says why reads did not use the agent: a socket of a foreign uid, an agent whose
+# allow-list refuses the endpoint (the misconfiguration that silently sent every read to Azure).
+case_shim_read_explains() {
+  local size=$((3 * MIB))
+  upload https data sec-shim-explain.bin 66 "$size"
+  fake_start foreign 65534
+  load explain-uid sharedkey "$(agent_sock foreign)" data sec-shim-explain.bin "$size" 66
+  grep -q "agent .*socket's owner is not BLOBSWARM_AGENT_UID" "$T/explain-uid.out" ||
+    fail "no explanation of the refused socket: $(tail -n 2 "$T/explain-uid.out")"
+  log "ok: $(grep -m1 '^blobswarm-read: agent' "$T/explain-uid.out")"
+  agent_start strict --allowed-endpoints='https://*.blob.core.windows.net'
+  load explain-refused sharedkey "$(agent_sock strict)" data sec-shim-explain.bin "$size" 66
+  grep -q "agent .*error answer(s).*last reason: \"[^\"]" "$T/explain-refused.out" ||
+    fail "no explanation of the refusals: $(tail -n 2 "$T/explain-refused.out")"
+  log "ok: $(grep -m1 '^blobswarm-read: agent' "$T/explain-refused.out")"
+}
