@@ -425,7 +425,7 @@ static void report_corrupt(int sock, const struct bs_chunk_req *q, uint64_t dead
 static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
                       const struct bs_delegation *d, const char *container, const char *blob,
                       const char *etag, uint64_t blob_size, char *buf, uint64_t off,
-                      uint64_t deadline_ns)
+                      uint64_t deadline_ns, int own_deadline)
 {
     struct bs_chunk_reply *r = malloc(sizeof(*r));
     if (!r)
@@ -484,7 +484,9 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
             if (rc == -EINVAL)
                 bs_log(BS_LOG_WARN, "agentclient", "event=bad_reply msg=\"%s\"", err);
             count(rc == -ETIMEDOUT ? &c->n_timeouts : &c->n_unreachable);
-            trip(c, rc == -ETIMEDOUT ? "agent timed out" : "agent connection failed");
+            /* The caller's own deadline running out is not the agent's failure. */
+            if (rc != -ETIMEDOUT || own_deadline)
+                trip(c, rc == -ETIMEDOUT ? "agent timed out" : "agent connection failed");
             continue;
         }
         tally(c, r);
@@ -545,7 +547,7 @@ static void report_corrupt_http(struct bs_agentclient *c, struct slot *sl, size_
 static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
                       const struct bs_delegation *d, const char *container, const char *blob,
                       const char *etag, uint64_t blob_size, char *buf, uint64_t off,
-                      uint64_t deadline_ns)
+                      uint64_t deadline_ns, int own_deadline)
 {
     /* Bodies land in bounce buffers about the size of the read: bounded per process by
      * HTTP_BUFFER_BYTES; a read that does not fit goes to Azure instead (not a failure). */
@@ -634,7 +636,7 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         sl[i].body = NULL;
     }
     atomic_fetch_sub(&c->http_buffered, need);
-    if (transport_failed)
+    if (transport_failed && (!wrc || own_deadline))
         trip(c, wrc ? "agent timed out" : "agent HTTP request failed");
     curl_slist_free_all(headers);
     bs_fetch_batch_cleanup(&batch);
@@ -694,9 +696,11 @@ size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation 
         sl[i].sock = -1;
     }
     if (c->is_unix)
-        read_unix(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns);
+        read_unix(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
+                  deadline_ns != caller_deadline);
     else
-        read_http(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns);
+        read_http(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
+                  deadline_ns != caller_deadline);
     for (size_t i = 0; i < n; i++) {
         if (!sl[i].served) {
             uint64_t lo = sl[i].want_lo, l = sl[i].want_hi - sl[i].want_lo;

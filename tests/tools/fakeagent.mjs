@@ -4,6 +4,8 @@
 // the default geometry, "miss" to every chunk request. It talks to nothing else.
 //
 // usage: node fakeagent.mjs --socket PATH --record FILE [--max-lifetime-s N (600)]
+//          [--answer-ms N (0: announce no answer time in hello)] [--delay-ms N (0)]
+//   --delay-ms delays every chunk answer: a slow but correct agent.
 //   Prints "listening" on stdout once it accepts connections. FILE receives, per frame, one
 //   line of JSON: {"bytes":N,"frame":<the frame's JSON text>} (raw bytes that are not a frame
 //   are recorded as {"bytes":N,"raw":"<base64>"}), so a test can assert both that nothing
@@ -20,7 +22,13 @@ function parseArgs(argv) {
     opt[argv[i].slice(2)] = argv[i + 1];
   }
   if (!opt.socket || !opt.record) throw new Error('--socket and --record are required');
-  return { socket: opt.socket, record: opt.record, lifetime: Number(opt['max-lifetime-s'] ?? 600) };
+  return {
+    socket: opt.socket,
+    record: opt.record,
+    lifetime: Number(opt['max-lifetime-s'] ?? 600),
+    answerMs: Number(opt['answer-ms'] ?? 0),
+    delayMs: Number(opt['delay-ms'] ?? 0),
+  };
 }
 
 const cfg = parseArgs(process.argv.slice(2));
@@ -56,9 +64,11 @@ const server = net.createServer((sock) => {
         /* recorded; answer nothing */
       }
       if (msg.op === 'hello') {
-        sock.write(frame({ v: 1, chunk_size: 8388608, block_size: 65536, answer_ms: 0 }));
+        sock.write(frame({ v: 1, chunk_size: 8388608, block_size: 65536, answer_ms: cfg.answerMs }));
       } else if (msg.op === 'chunk') {
-        sock.write(frame({ status: 'miss', reason: 'fake agent' }));
+        const answer = frame({ status: 'miss', reason: 'fake agent' });
+        if (cfg.delayMs > 0) setTimeout(() => sock.destroyed || sock.write(answer), cfg.delayMs);
+        else sock.write(answer);
       }
     }
   });

@@ -2,16 +2,19 @@
 # Adversarial cases: shim (see tests/integration/test_security.sh). The shim side of the trust
 # boundary: whom it hands a credential to, what it hands over, and how long it waits.
 
-# fake_start NAME [UID]: a fake agent (tests/tools/fakeagent.mjs) listening on $T/NAME/agent.sock,
-# run as UID (default: ours) through setpriv; what it receives goes to $T/NAME/record.
+# fake_start NAME [UID [fakeagent options...]]: a fake agent (tests/tools/fakeagent.mjs)
+# listening on $T/NAME/agent.sock, run as UID (default: ours) through setpriv; what it receives
+# goes to $T/NAME/record.
 fake_start() {
   local uid=${2:-$(id -u)} d=$T/$1 pid i
+  shift
+  [ $# -gt 0 ] && shift
   mkdir -p "$d"
   # The fake may run as another uid: it creates its socket and record in $d.
   chmod 0711 "$T"
   chmod 0777 "$d"
   local cmd=(node "$TOOLS/fakeagent.mjs" --socket "$d/agent.sock" --record "$d/record"
-    --max-lifetime-s 600)
+    --max-lifetime-s 600 "$@")
   if [ "$uid" != "$(id -u)" ]; then
     cmd=(setpriv --reuid="$uid" --regid="$uid" --clear-groups "${cmd[@]}")
   fi
@@ -203,4 +206,31 @@ case_shim_read_explains() {
   grep -q "agent .*error answer(s).*last reason: \"[^\"]" "$T/explain-refused.out" ||
     fail "no explanation of the refusals: $(tail -n 2 "$T/explain-refused.out")"
   log "ok: $(grep -m1 '^blobswarm-read: agent' "$T/explain-refused.out")"
+}
+
+# A slow but correct agent (it announces 3 s in hello and answers after 2 s) is waited for,
+# even with a shorter BLOBSWARM_AGENT_TIMEOUT_MS: it never trips the breaker, so every read
+# keeps asking it. And one deadline covers the whole blob_read: an agent slower than
+# BLOBSWARM_DEADLINE_MS does not get a fresh deadline for the Azure read after it.
+case_shim_agent_deadlines() {
+  local size=$((16 * MIB)) n t0 ms calls
+  upload https data sec-shim-deadline.bin 67 "$size"
+  fake_start slow "$(id -u)" --answer-ms 3000 --delay-ms 2000
+  READ_ENV=(BLOBSWARM_AGENT_UID="$(id -u)" BLOBSWARM_AGENT_TIMEOUT_MS=500)
+  load slow1 sharedkey "$(agent_sock slow)" data sec-shim-deadline.bin "$size" 67 --threads 1
+  load slow2 sharedkey "$(agent_sock slow)" data sec-shim-deadline.bin "$size" 67 --threads 1
+  ! grep -q 'event=agent_skipped' "$T/slow1.out" "$T/slow2.out" ||
+    fail "a slow but correct agent tripped the breaker: $(grep -h -m1 'agent_skipped' "$T/slow1.out" "$T/slow2.out")"
+  n=$(grep -c '"op\\":\\"chunk' "$T/slow/record")
+  calls=$(($(grep -o '[0-9]* calls' "$T/slow1.out" | cut -d' ' -f1) + $(grep -o '[0-9]* calls' "$T/slow2.out" | cut -d' ' -f1)))
+  expect_eq "chunk requests the slow agent received (one per blob_read of both loads)" "$n" "$calls"
+  # Now the agent takes 4 s and the whole read may take 1.5 s.
+  fake_start slower "$(id -u)" --answer-ms 10000 --delay-ms 4000
+  READ_ENV=(BLOBSWARM_AGENT_UID="$(id -u)" BLOBSWARM_DEADLINE_MS=1500)
+  t0=$(date +%s%N)
+  load_rc late sharedkey "$(agent_sock slower)" data sec-shim-deadline.bin "$MIB" 67 --threads 1 || true
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  log "blob_read with a 1.5 s deadline and a 4 s agent: returned after $ms ms (exit $LOAD_RC)"
+  # blobswarm-read's own start and the shim's set-up take well under a second.
+  expect_le "ms until a 1.5 s-deadline read returned" "$ms" 3500
 }
