@@ -234,3 +234,39 @@ case_shim_agent_deadlines() {
   # blobswarm-read's own start and the shim's set-up take well under a second.
   expect_le "ms until a 1.5 s-deadline read returned" "$ms" 3500
 }
+
+# Ranges the agent does not serve are read from Azure together, not one after another: chunks
+# 0 and 2 are in the store, the agent's fills of 1 and 3 stall past its fill wait (misses),
+# and the shim's own reads of 1 and 3 stall STALL_MS each. In parallel the blob_read takes
+# fill wait + STALL_MS; one after another it took fill wait + 2 x STALL_MS.
+case_shim_parallel_misses() {
+  : "${BS_AGENT_HERD:?set BS_AGENT_HERD to agent_herd}"
+  local size=$((32 * MIB)) t0 ms stall=4000
+  proxy_start
+  upload http data sec-shim-par.bin 68 "$size"
+  agent_start p --fill-wait-ms=1500
+  READ_ENV=(BLOBSWARM_BLOB_ENDPOINT="$PROXY_EP" BLOBSWARM_AGENT_TIMEOUT_MS=20000)
+  READ_ENV+=(BLOBSWARM_AGENT="$(agent_sock p)")
+  herd_agent warm0 sec-shim-par.bin 1 0 $((8 * MIB)) 68
+  herd_agent warm2 sec-shim-par.bin 1 $((16 * MIB)) $((8 * MIB)) 68
+  proxy_rule "{\"kind\":\"stall\",\"count\":4,\"ms\":$stall,\"match\":\"sec-shim-par.bin\"}"
+  snap p 0
+  t0=$(date +%s%N)
+  herd_agent whole sec-shim-par.bin 1 0 "$size" 68
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  snap p 1
+  expect_eq "hits of the whole read" "$(mdelta 0 1 "$REQ{status=\"hit\"}")" 2
+  expect_eq "misses of the whole read" "$(mdelta 0 1 "$REQ{status=\"miss\"}")" 2
+  log "one blob_read of 4 chunks, 2 hits and 2 stalled misses: $ms ms"
+  # fill wait 1.5 s + one stall 4 s = 5.5 s in parallel; serial: 9.5 s.
+  expect_le "ms for the blob_read (parallel misses: ~5500, serial: ~9500)" "$ms" 7800
+}
+
+# herd_agent LABEL BLOB THREADS OFFSET LENGTH SEED: agent_herd with READ_ENV (and its agent).
+herd_agent() {
+  local label=$1
+  shift
+  timeout "$LOAD_S" bash "$TOOLS/run-with-auth.sh" conn-http -- env BLOBSWARM_LOG_LEVEL=warn \
+    "${READ_ENV[@]}" "$BS_AGENT_HERD" "$BS_SHIM_LIB" "$ACCOUNT" data "$@" >"$T/$label.out" 2>&1 ||
+    fail "agent_herd $label: $(tail -n 2 "$T/$label.out")"
+}
