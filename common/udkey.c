@@ -241,9 +241,9 @@ out:
     return rc;
 }
 
-/* Signs the one-blob SAS with key (string-to-sign of service version 2020-12-06 and later). */
-static int sign_sas(const struct bs_udkey *key, const char *account, const char *container,
-                    const char *blob, time_t start, time_t expiry, char *out, size_t outsz)
+/* The string-to-sign is that of service version 2020-12-06 and later. */
+int bs_udkey_sign(const struct bs_udkey *key, const char *account, const char *container,
+                  const char *blob, time_t start, time_t expiry, char *out, size_t outsz)
 {
     char st[64], se[64], sig[64];
     iso8601(start, st, sizeof(st));
@@ -306,7 +306,7 @@ int bs_udkey_blob_sas(struct bs_udkey_cache *k, const char *base_url, const char
         if (k->valid && strcmp(k->base_url, base_url) == 0 && k->key_expiry >= expiry) {
             struct bs_udkey key = k->key;
             pthread_mutex_unlock(&k->lock);
-            int rc = sign_sas(&key, account, container, blob, start, expiry, out, outsz);
+            int rc = bs_udkey_sign(&key, account, container, blob, start, expiry, out, outsz);
             memset(&key, 0, sizeof(key));
             if (rc)
                 snprintf(err, errsz, "cannot sign a user delegation SAS");
@@ -376,7 +376,7 @@ int bs_udkey_blob_sas(struct bs_udkey_cache *k, const char *base_url, const char
         snprintf(err, errsz, "%s", ferr);
         return rc;
     }
-    rc = sign_sas(&key, account, container, blob, start, expiry, out, outsz);
+    rc = bs_udkey_sign(&key, account, container, blob, start, expiry, out, outsz);
     memset(&key, 0, sizeof(key));
     if (rc)
         snprintf(err, errsz, "cannot sign a user delegation SAS");

@@ -38,4 +38,9 @@ struct bs_udkey {
 };
 int bs_udkey_parse(const char *xml, size_t len, struct bs_udkey *out);
 
+/* Signs with key a SAS reading container/blob of account (sr=b, sp=r, spr=https,http) valid
+ * [start, expiry], into out as a query without '?'. 0, -EINVAL (bad key), -ENOSPC, -ENOMEM. */
+int bs_udkey_sign(const struct bs_udkey *key, const char *account, const char *container,
+                  const char *blob, time_t start, time_t expiry, char *out, size_t outsz);
+
 #endif
