@@ -103,10 +103,17 @@ void bs_agentclient_count_bypass(struct bs_agentclient *c)
         count(&c->n_bypassed);
 }
 
+/* Keeps the agent's last reason, printable and without quotes (it ends up in a report line). */
 static void note_reason(struct bs_agentclient *c, const char *reason)
 {
     pthread_mutex_lock(&c->lock);
-    snprintf(c->last_reason, sizeof(c->last_reason), "%s", reason);
+    size_t i = 0;
+    for (; reason[i] && i + 1 < sizeof(c->last_reason); i++)
+        c->last_reason[i] =
+            reason[i] < 0x20 || reason[i] == 0x7f || reason[i] == '"' || reason[i] == '\\'
+                ? '?'
+                : reason[i];
+    c->last_reason[i] = '\0';
     pthread_mutex_unlock(&c->lock);
 }
 
