@@ -20,8 +20,10 @@
 #define UDK_MAX_RESPONSE (16 * 1024)
 /* A key is requested for this long and replaced once it would not outlive a new SAS. */
 #define UDK_LIFETIME_S (6 * 3600)
-/* After a failed key request nobody asks again for a jittered [1/2, 1] of this. */
-#define UDK_RETRY_MS 2000u
+/* After a failed key request nobody asks again for a jittered [1/2, 1] of this; after a
+ * refusal (401/403: the identity may not get keys) of UDK_DENIED_RETRY_MS. */
+#define UDK_RETRY_MS        2000u
+#define UDK_DENIED_RETRY_MS 300000u
 
 struct bs_udkey_cache {
     struct bs_token_opts opts;
@@ -366,8 +368,8 @@ int bs_udkey_blob_sas(struct bs_udkey_cache *k, const char *base_url, const char
                (long long)(kexp - time(NULL)));
     } else {
         snprintf(k->last_err, sizeof(k->last_err), "%s", ferr);
-        k->retry_at_ns =
-            bs_now_ns() + (UDK_RETRY_MS / 2 + udk_random() % (UDK_RETRY_MS / 2 + 1)) * 1000000ull;
+        uint64_t step = rc == -EACCES ? UDK_DENIED_RETRY_MS : UDK_RETRY_MS;
+        k->retry_at_ns = bs_now_ns() + (step / 2 + udk_random() % (step / 2 + 1)) * 1000000ull;
         bs_log(BS_LOG_WARN, "udkey", "event=key_failed msg=\"%s\"", ferr);
     }
     pthread_cond_broadcast(&k->done);
