@@ -101,7 +101,7 @@ case_shim_token_single_flight() {
   tok_control '{"reset":true}'
   tok_control '{"delay_ms":{"client_secret":1500}}'
   herd tok-ok client-secret sec-shim-tok.bin 8 0 "$size" 62 ||
-    fail "reads after the token endpoint recovered: $(tail -n 3 "$T/tok-ok.out")"
+    fail "reads after the token endpoint recovered (exit $?): $(tail -n 3 "$T/tok-ok.out")"
   expect_eq "tokens issued for 8 concurrent readers" "$(tok_count issued)" 1
 }
 
