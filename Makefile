@@ -1,16 +1,18 @@
 # Entry points for people and CI. CMake does the building; this file only names the steps.
 #   make test    install what is missing, build (warnings are errors), run every test,
-#                then the unit and agent/shim integration tests again under ASan+UBSan
+#                then the unit and agent/shim integration tests again under ASan+UBSan,
+#                the shim's concurrency tests under ThreadSanitizer, and the fuzzers
 #   make bench   benchmarks (bench/README.md)
 #   make install-shim PY=python3   put the shim where the model streamer finds it
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
 BUILD_FUZZ ?= build-fuzz
+BUILD_TSAN ?= build-tsan
 FUZZ_SECONDS ?= 10
 JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?= -DBS_WERROR=ON
 
-.PHONY: all setup build build-asan test test-unit test-asan test-asan-integration fuzz bench demo install-shim format format-check clean
+.PHONY: all setup build build-asan build-tsan test test-unit test-asan test-asan-integration test-tsan fuzz bench demo install-shim format format-check clean
 
 all: build
 
@@ -25,10 +27,11 @@ build-asan:
 	cmake -S . -B $(BUILD_ASAN) $(CMAKE_ARGS) -DBS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
 
-test: setup format-check build build-asan
+test: setup format-check build build-asan build-tsan
 	ctest --test-dir $(BUILD) --output-on-failure --timeout 900
 	$(MAKE) --no-print-directory test-asan
 	$(MAKE) --no-print-directory test-asan-integration
+	$(MAKE) --no-print-directory test-tsan
 	$(MAKE) --no-print-directory fuzz
 
 test-unit: build
@@ -37,6 +40,22 @@ test-unit: build
 test-asan: build-asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(BUILD_ASAN) --output-on-failure -L unit
+
+build-tsan:
+	cmake -S . -B $(BUILD_TSAN) $(CMAKE_ARGS) -DBS_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(BUILD_TSAN) -j $(JOBS)
+
+# ThreadSanitizer on the shim's threads: the unit tests, then the integration tests whose
+# shim runs many blob_read threads at once (concurrent direct reads, the token cache, and
+# the shim's adversarial cases: agent refusal, token single-flight, delegation, HTTP route).
+# The first report fails the test (halt_on_error); tests/tsan.supp names known races outside
+# the shim.
+TSAN_TESTS ?= ^(integration_direct_(tokencache|concurrency)|sec_shim_.*)$$
+test-tsan: build-tsan
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(abspath tests/tsan.supp) \
+	  ctest --test-dir $(BUILD_TSAN) --output-on-failure -L unit
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(abspath tests/tsan.supp) \
+	  ctest --test-dir $(BUILD_TSAN) --output-on-failure --timeout 900 -R '$(TSAN_TESTS)'
 
 # The agent, adversarial and shim integration tests with every binary (agent, shim, reader)
 # built with ASan+UBSan; a sanitizer report aborts the process and fails the test. Leak checks
@@ -48,7 +67,7 @@ test-asan-integration: build-asan
 	  ctest --test-dir $(BUILD_ASAN) --output-on-failure --timeout 900 -R '$(ASAN_IT_TESTS)'
 
 FUZZ_TARGETS = fuzz_connstr fuzz_token_json fuzz_sharedkey fuzz_agentproto fuzz_trailer \
-  fuzz_sas fuzz_endpoint fuzz_http_headers
+  fuzz_sas fuzz_endpoint fuzz_http_headers fuzz_frame
 # Each libFuzzer target runs FUZZ_SECONDS from the checked-in corpus; a crash fails the run.
 fuzz:
 	cmake -S . -B $(BUILD_FUZZ) -DCMAKE_C_COMPILER=clang -DBS_FUZZ=ON -DBS_TESTS=OFF $(CMAKE_ARGS)
@@ -79,4 +98,4 @@ format-check:
 	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ) $(BUILD_TSAN)

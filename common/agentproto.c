@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "fetch.h" /* bs_now_ns */
 
@@ -109,13 +110,45 @@ char *bs_proto_encode_reply(const struct bs_chunk_reply *r)
                           (json_int_t)r->sub_len, "block_size", (int)r->block_size);
     if (!j)
         return NULL;
-    if (r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) {
+    if ((r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) &&
+        r->ncrcs > BS_PROTO_ARRAY_CRCS) {
+        /* Compact: the reply must fit one HTTP header line for every geometry. */
+        unsigned char raw[4 * BS_PROTO_MAX_CRCS];
+        char b64[4 * ((4 * BS_PROTO_MAX_CRCS + 2) / 3) + 1];
+        uint32_t n = r->ncrcs < BS_PROTO_MAX_CRCS ? r->ncrcs : BS_PROTO_MAX_CRCS;
+        for (uint32_t i = 0; i < n; i++) {
+            raw[4 * i] = (unsigned char)r->crcs[i];
+            raw[4 * i + 1] = (unsigned char)(r->crcs[i] >> 8);
+            raw[4 * i + 2] = (unsigned char)(r->crcs[i] >> 16);
+            raw[4 * i + 3] = (unsigned char)(r->crcs[i] >> 24);
+        }
+        EVP_EncodeBlock((unsigned char *)b64, raw, (int)(4 * n));
+        json_object_set_new(j, "crc_b64", json_string(b64));
+    } else if (r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) {
         json_t *a = json_array();
         for (uint32_t i = 0; a && i < r->ncrcs; i++)
             json_array_append_new(a, json_integer(r->crcs[i]));
         json_object_set_new(j, "crc", a);
     }
     return dump(j);
+}
+
+/* "crc_b64": the CRCs as little-endian uint32s, base64; exactly n of them. */
+static int decode_crc_b64(json_t *v, struct bs_chunk_reply *r, uint64_t n)
+{
+    size_t len = json_string_length(v);
+    if (n > BS_PROTO_MAX_CRCS || len != 4 * ((4 * n + 2) / 3))
+        return -EINVAL;
+    unsigned char raw[4 * BS_PROTO_MAX_CRCS + 3];
+    int got = EVP_DecodeBlock(raw, (const unsigned char *)json_string_value(v), (int)len);
+    /* DecodeBlock counts padding as zero bytes: at least 4n and at most 4n + 2. */
+    if (got < 0 || (uint64_t)got < 4 * n || (uint64_t)got > 4 * n + 2)
+        return -EINVAL;
+    for (uint64_t i = 0; i < n; i++)
+        r->crcs[i] = (uint32_t)raw[4 * i] | (uint32_t)raw[4 * i + 1] << 8 |
+                     (uint32_t)raw[4 * i + 2] << 16 | (uint32_t)raw[4 * i + 3] << 24;
+    r->ncrcs = (uint32_t)n;
+    return 0;
 }
 
 static json_t *load(const char *json, size_t len, char *err, size_t errsz)
@@ -283,9 +316,22 @@ int bs_proto_decode_reply(const char *json, size_t len, struct bs_chunk_reply *r
         (rc = get_u64(j, "block_size", &bs, err, errsz)))
         goto out;
     rc = -EINVAL;
-    if (bs == 0 || bs > (1u << 30) || (bs & (bs - 1)) || !json_is_array(crc) ||
-        json_array_size(crc) > BS_PROTO_MAX_CRCS ||
-        json_array_size(crc) != (r->length + bs - 1) / bs) {
+    json_t *crc64 = json_object_get(j, "crc_b64");
+    if (bs == 0 || bs > (1u << 30) || (bs & (bs - 1)) || r->length > BS_PROTO_MAX_CRCS * bs) {
+        snprintf(err, errsz, "reply has an inconsistent block size or checksum list");
+        goto out;
+    }
+    uint64_t nblocks = (r->length + bs - 1) / bs;
+    if (crc64 && !crc) {
+        if (!json_is_string(crc64) || decode_crc_b64(crc64, r, nblocks) != 0) {
+            snprintf(err, errsz, "reply has a malformed compact checksum list");
+            goto out;
+        }
+        r->block_size = (uint32_t)bs;
+        rc = 0;
+        goto out;
+    }
+    if (crc64 || !json_is_array(crc) || json_array_size(crc) != nblocks) {
         snprintf(err, errsz, "reply has an inconsistent block size or checksum list");
         goto out;
     }

@@ -16,6 +16,11 @@
 #define BS_PROTO_MAX_FRAME (64 * 1024)
 #define BS_PROTO_MAX_CRCS  4096
 #define BS_PROTO_META_HDR  "X-Blobswarm-Meta"
+/* Replies with at most this many block checksums list them as a JSON array ("crc"); longer
+ * lists travel as base64 of little-endian uint32s ("crc_b64", 21,848 characters for 4,096),
+ * so that the reply fits one HTTP header for every geometry the agent accepts. Decoders take
+ * either. */
+#define BS_PROTO_ARRAY_CRCS 1024
 
 enum bs_chunk_status {
     BS_CHUNK_HIT,    /* served from the store */

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +18,16 @@
 #include "names.h"
 #include "sas.h"
 #include "sharedkey.h"
+#include "udkey.h"
 
 #define TOKEN_MAX 16384
 
 struct bs_azcred {
-    enum bs_auth_kind kind;
+    /* kind changes once at most (an unconfigured process whose IMDS guess failed becomes
+     * anonymous) while other threads read it: atomic. desc is written only before the
+     * credential is shared; the fallback's description is a constant (anon_fallback). */
+    _Atomic enum bs_auth_kind kind;
+    atomic_int anon_fallback;
     char desc[160];
     char *endpoint;      /* base URL template ("{account}" replaced), or NULL */
     char suffix[256];    /* host suffix when there is no endpoint */
@@ -33,8 +39,11 @@ struct bs_azcred {
     char *static_token; /* a delegated bearer token */
     int imds_guess;     /* tok is the IMDS guess of an unconfigured process */
     int imds_settled;
+    struct bs_udkey_cache *udk; /* bearer: user delegation keys for the agent's SAS */
     pthread_mutex_t lock;
 };
+
+#define ANON_FALLBACK_DESC "anonymous (no credential configured)"
 
 static char *dup_or_null(const char *s)
 {
@@ -43,12 +52,12 @@ static char *dup_or_null(const char *s)
 
 enum bs_auth_kind bs_azcred_kind(const struct bs_azcred *c)
 {
-    return c->kind;
+    return atomic_load(&c->kind);
 }
 
 const char *bs_azcred_describe(const struct bs_azcred *c)
 {
-    return c->desc;
+    return atomic_load(&c->anon_fallback) ? ANON_FALLBACK_DESC : c->desc;
 }
 
 void bs_azcred_destroy(struct bs_azcred *c)
@@ -69,6 +78,7 @@ void bs_azcred_destroy(struct bs_azcred *c)
         free(c->static_token);
     }
     bs_token_source_destroy(c->tok);
+    bs_udkey_cache_destroy(c->udk);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
@@ -152,6 +162,11 @@ struct bs_azcred *bs_azcred_from_env(const struct bs_azcred_opts *opts, char *er
         }
         c->kind = BS_AUTH_BEARER;
         c->imds_guess = bs_token_source_kind(c->tok) == BS_TOKEN_IMDS;
+        c->udk = bs_udkey_cache_create(opts ? &opts->token : NULL);
+        if (!c->udk) {
+            snprintf(err, errsz, "out of memory");
+            goto out_fail;
+        }
         snprintf(c->desc, sizeof(c->desc), "bearer token from %s", bs_token_source_name(c->tok));
     }
     if ((c->kind == BS_AUTH_SAS && !c->sas) || (c->kind == BS_AUTH_SHARED_KEY && !c->key)) {
@@ -232,10 +247,7 @@ static int add_header(struct curl_slist **list, const char *name, const char *va
 static int bearer_token(struct bs_azcred *c, char *tok, size_t toksz, char *err, size_t errsz)
 {
     tok[0] = '\0';
-    pthread_mutex_lock(&c->lock);
-    int anonymous = c->kind == BS_AUTH_ANONYMOUS;
-    pthread_mutex_unlock(&c->lock);
-    if (anonymous)
+    if (atomic_load(&c->kind) == BS_AUTH_ANONYMOUS)
         return 0;
     if (c->static_token) {
         size_t n = strlen(c->static_token);
@@ -252,8 +264,8 @@ static int bearer_token(struct bs_azcred *c, char *tok, size_t toksz, char *err,
     } else if (c->imds_guess && !c->imds_settled && (rc == -EHOSTUNREACH || rc == -ENOENT)) {
         /* No IMDS, or no identity: anonymous for good. A failing IMDS (429, 5xx) is not
          * proof of absence: the read fails and the next one asks again. */
-        c->kind = BS_AUTH_ANONYMOUS;
-        snprintf(c->desc, sizeof(c->desc), "anonymous (no credential configured)");
+        atomic_store(&c->anon_fallback, 1);
+        atomic_store(&c->kind, BS_AUTH_ANONYMOUS);
         bs_log(BS_LOG_INFO, "azcred", "event=anonymous reason=\"%s\"", terr);
         tok[0] = '\0';
         rc = 0;
@@ -424,15 +436,13 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
         snprintf(err, errsz, "blob endpoint URL too long");
         return -EINVAL;
     }
-    pthread_mutex_lock(&c->lock);
-    enum bs_auth_kind kind = c->kind;
-    pthread_mutex_unlock(&c->lock);
+    enum bs_auth_kind kind = atomic_load(&c->kind);
+    time_t w = ttl_s > 0 ? (time_t)ttl_s : 600, now = time(NULL);
     switch (kind) {
     case BS_AUTH_SHARED_KEY:
         d->kind = BS_AUTH_SAS;
         /* Minted for a fixed window, so every call (and every process) in the window hands
          * over the same SAS and the agent's grant for it keeps serving. */
-        time_t w = ttl_s > 0 ? (time_t)ttl_s : 600, now = time(NULL);
         if (bs_sharedkey_blob_sas(acct, c->key, container, blob, now - now % w, 2 * w, d->secret,
                                   sizeof(d->secret)) != 0) {
             snprintf(err, errsz, "cannot mint a SAS with the account key");
@@ -440,6 +450,8 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
         }
         return 0;
     case BS_AUTH_SAS:
+        /* The user's own SAS cannot be narrowed without a key: it is handed over as it is,
+         * and only to an agent whose socket owner was verified (or one named explicitly). */
         d->kind = BS_AUTH_SAS;
         if (strlen(c->sas) >= sizeof(d->secret)) {
             snprintf(err, errsz, "SAS token too long to delegate");
@@ -448,11 +460,30 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
         strcpy(d->secret, c->sas);
         return 0;
     case BS_AUTH_BEARER: {
-        int rc = bearer_token(c, d->secret, sizeof(d->secret), err, errsz);
-        if (rc)
-            return rc;
-        d->kind = d->secret[0] ? BS_AUTH_BEARER : BS_AUTH_ANONYMOUS;
-        return 0;
+        /* Never the token itself: a user-delegation SAS for the one blob (sr=b, sp=r), signed
+         * with a user delegation key fetched with the token and kept until near its expiry,
+         * minted per window like the Shared Key SAS. If no key can be had, nothing is
+         * delegated and the read goes to Azure directly. */
+        char *tok = malloc(TOKEN_MAX);
+        if (!tok) {
+            snprintf(err, errsz, "out of memory");
+            return -ENOMEM;
+        }
+        int rc = bearer_token(c, tok, TOKEN_MAX, err, errsz);
+        if (rc == 0 && !tok[0]) {
+            d->kind = BS_AUTH_ANONYMOUS; /* the IMDS guess failed: anonymous for good */
+        } else if (rc == 0) {
+            d->kind = BS_AUTH_SAS;
+            rc = bs_udkey_blob_sas(c->udk, d->endpoint, acct, container, blob, tok, now - now % w,
+                                   (long)w, d->secret, sizeof(d->secret), err, errsz);
+            if (rc) {
+                d->kind = BS_AUTH_ANONYMOUS;
+                d->secret[0] = '\0';
+            }
+        }
+        memset(tok, 0, TOKEN_MAX);
+        free(tok);
+        return rc;
     }
     case BS_AUTH_ANONYMOUS:
         d->kind = BS_AUTH_ANONYMOUS;

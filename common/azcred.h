@@ -51,7 +51,9 @@ int bs_azcred_prepare(struct bs_azcred *c, struct bs_azreq *r, char *err, size_t
 /* Read access to one blob handed to the node agent: what it needs to read that blob on the
  * caller's behalf and nothing more. Shared Key never leaves the process: it is turned into a
  * read-only SAS for the one blob, minted per window of `ttl_s` seconds and valid for at least
- * one more window. SAS and bearer tokens pass as they are. */
+ * one more window. A bearer identity never hands over its token: it mints a user-delegation
+ * SAS for the one blob the same way (udkey.h). A user's own SAS passes as it is (it cannot be
+ * narrowed without a key). */
 #define BS_SECRET_MAX 16384
 struct bs_delegation {
     enum bs_auth_kind kind; /* BS_AUTH_SAS, BS_AUTH_BEARER or BS_AUTH_ANONYMOUS */

@@ -94,14 +94,15 @@ static void fail(char *err, size_t errsz, const struct target *t, const char *fm
 {
     if (!err || !errsz)
         return;
-    int n = snprintf(err, errsz, "az://%s/%s (account %s): ", t->container, t->blob,
-                     t->account && *t->account ? t->account : "-");
-    if (n < 0 || (size_t)n >= errsz)
-        return;
+    /* The cause first: a long blob name is what gets cut, never the reason. */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err + n, errsz - (size_t)n, fmt, ap);
+    int n = vsnprintf(err, errsz, fmt, ap);
     va_end(ap);
+    if (n < 0 || (size_t)n >= errsz)
+        return;
+    snprintf(err + n, errsz - (size_t)n, " [az://%s/%s (account %s)]", t->container, t->blob,
+             t->account && *t->account ? t->account : "-");
 }
 
 static uint64_t next_random(void)
@@ -552,8 +553,8 @@ int bs_blobreader_head(struct bs_blobreader *r, struct bs_azcred *cred, const ch
 }
 
 static int read_pieces(struct bs_blobreader *r, const struct target *tp, const char *etag,
-                       void *buf, uint64_t off, size_t len, uint64_t deadline_ns, char *err,
-                       size_t errsz);
+                       void *buf, uint64_t base, const uint64_t (*want)[2], size_t nwant,
+                       uint64_t deadline_ns, char *err, size_t errsz);
 static void props_forget(struct bs_blobreader *r, const struct target *t);
 
 int bs_blobreader_read(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
@@ -572,7 +573,8 @@ int bs_blobreader_read(struct bs_blobreader *r, struct bs_azcred *cred, const ch
              (unsigned long long)props.size);
         return -ERANGE;
     }
-    rc = read_pieces(r, &t, props.etag, buf, off, len, deadline_ns, err, errsz);
+    const uint64_t want[1][2] = {{off, len}};
+    rc = read_pieces(r, &t, props.etag, buf, off, want, 1, deadline_ns, err, errsz);
     if (rc == -ESTALE)
         props_forget(r, &t);
     return rc;
@@ -584,20 +586,39 @@ int bs_blobreader_read_version(struct bs_blobreader *r, struct bs_azcred *cred, 
 {
     struct target t = {account, container, blob, cred};
     uint64_t deadline_ns = bs_now_ns() + (uint64_t)r->o.deadline_ms * 1000000ull;
-    return read_pieces(r, &t, etag, buf, off, len, deadline_ns, err, errsz);
+    const uint64_t want[1][2] = {{off, len}};
+    return read_pieces(r, &t, etag, buf, off, want, 1, deadline_ns, err, errsz);
 }
 
-/* Reads [off, off+len) of the version `etag` in parallel pieces. */
+int bs_blobreader_read_ranges(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                              const char *container, const char *blob, const char *etag, void *buf,
+                              uint64_t base, const uint64_t (*ranges)[2], size_t n,
+                              uint64_t deadline_ns, char *err, size_t errsz)
+{
+    struct target t = {account, container, blob, cred};
+    if (!deadline_ns)
+        deadline_ns = bs_now_ns() + (uint64_t)r->o.deadline_ms * 1000000ull;
+    return read_pieces(r, &t, etag, buf, base, ranges, n, deadline_ns, err, errsz);
+}
+
+/* Reads the ranges `want` (blob offsets; buf holds the blob from `base`) of the version `etag`
+ * in parallel pieces: every range is split on the grid and all pieces are in flight at once. */
 static int read_pieces(struct bs_blobreader *r, const struct target *tp, const char *etag,
-                       void *buf, uint64_t off, size_t len, uint64_t deadline_ns, char *err,
-                       size_t errsz)
+                       void *buf, uint64_t base, const uint64_t (*want)[2], size_t nwant,
+                       uint64_t deadline_ns, char *err, size_t errsz)
 {
     struct target t = *tp;
     int rc;
-    if (len == 0)
+    uint64_t len = 0;
+    size_t n = 0;
+    for (size_t w = 0; w < nwant; w++) {
+        n += bs_range_split(want[w][0], want[w][1], r->o.range_bytes, NULL, 0);
+        len += want[w][1];
+    }
+    if (n == 0)
         return 0;
+    uint64_t off = want[0][0];
 
-    size_t n = bs_range_split(off, len, r->o.range_bytes, NULL, 0);
     struct piece *ps = calloc(n, sizeof(*ps));
     uint64_t(*ranges)[2] = malloc(n * sizeof(*ranges));
     struct bs_fetch_batch batch;
@@ -607,8 +628,13 @@ static int read_pieces(struct bs_blobreader *r, const struct target *tp, const c
         fail(err, errsz, &t, "out of memory for %zu pieces", n);
         return -ENOMEM;
     }
-    bs_range_split(off, len, r->o.range_bytes, ranges, n);
-    n = bs_range_merge_slivers(ranges, n, r->o.range_bytes / 4);
+    size_t used = 0;
+    for (size_t w = 0; w < nwant; w++) {
+        size_t k =
+            bs_range_split(want[w][0], want[w][1], r->o.range_bytes, ranges + used, n - used);
+        used += bs_range_merge_slivers(ranges + used, k, r->o.range_bytes / 4);
+    }
+    n = used;
     for (size_t i = 0; i < n; i++) {
         ps[i].start = ranges[i][0];
         ps[i].len = ranges[i][1];
@@ -642,7 +668,7 @@ static int read_pieces(struct bs_blobreader *r, const struct target *tp, const c
             p->req.url = p->az.url;
             p->req.headers = p->az.headers;
             p->req.head = 0;
-            p->req.dst = (char *)buf + (p->start - off) + p->done;
+            p->req.dst = (char *)buf + (p->start - base) + p->done;
             p->req.dst_cap = p->len - p->done;
             bs_fetch_submit(r->fetch, &batch, &p->req);
             p->not_before_ns = UINT64_MAX; /* in flight */
@@ -666,8 +692,8 @@ static int read_pieces(struct bs_blobreader *r, const struct target *tp, const c
                     rc = c;
             }
             if (wrc && !rc) {
-                fail(err, errsz, &t, "read of %zu bytes at %llu did not finish within %ld ms", len,
-                     (unsigned long long)off, r->o.deadline_ms);
+                fail(err, errsz, &t, "read of %llu bytes at %llu did not finish within %ld ms",
+                     (unsigned long long)len, (unsigned long long)off, r->o.deadline_ms);
                 rc = -ETIMEDOUT;
             }
         } else if (earliest != UINT64_MAX && rc == 0) {

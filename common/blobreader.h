@@ -60,6 +60,15 @@ int bs_blobreader_read_version(struct bs_blobreader *r, struct bs_azcred *cred, 
                                const char *container, const char *blob, const char *etag, void *buf,
                                uint64_t off, size_t len, char *err, size_t errsz);
 
+/* Reads the n ranges (offset, length) of the version `etag` into buf, which holds the blob
+ * from offset `base` (each range lands at buf + offset - base): all pieces of all ranges in
+ * flight together, within the absolute CLOCK_MONOTONIC deadline_ns (0: deadline_ms from now).
+ * Same errors as bs_blobreader_read. */
+int bs_blobreader_read_ranges(struct bs_blobreader *r, struct bs_azcred *cred, const char *account,
+                              const char *container, const char *blob, const char *etag, void *buf,
+                              uint64_t base, const uint64_t (*ranges)[2], size_t n,
+                              uint64_t deadline_ns, char *err, size_t errsz);
+
 /* Forgets the cached properties of a blob (after it was found changed). */
 void bs_blobreader_forget(struct bs_blobreader *r, const char *account, const char *container,
                           const char *blob);

@@ -39,6 +39,46 @@ static int replace(char **slot, const char *v, size_t n)
     return 0;
 }
 
+/* The account a blob endpoint names, as the Azure SDKs derive it when a connection string has
+ * no AccountName: the first path segment of a path-style endpoint (an IP address or a
+ * dot-less host such as localhost: emulators), else the host's first label; lower-cased.
+ * NULL when there is none (the caller then needs an account from elsewhere). */
+static char *account_from_endpoint(const char *ep)
+{
+    const char *host = strstr(ep, "://");
+    if (!host)
+        return NULL;
+    host += 3;
+    size_t hlen = strcspn(host, ":/");
+    const char *path = host + strcspn(host, "/");
+    int ip = host[0] == '[' || hlen == 0;
+    if (!ip) {
+        ip = 1;
+        for (size_t i = 0; i < hlen; i++)
+            if (!((host[i] >= '0' && host[i] <= '9') || host[i] == '.'))
+                ip = 0;
+    }
+    int dotless = memchr(host, '.', hlen) == NULL;
+    const char *name;
+    size_t n;
+    if (ip || dotless) {
+        if (*path != '/')
+            return NULL;
+        name = path + 1;
+        n = strcspn(name, "/?#");
+    } else {
+        name = host;
+        n = strcspn(host, ".:/");
+    }
+    if (n == 0 || n > 63)
+        return NULL;
+    char *a = dup_range(name, n);
+    for (size_t i = 0; a && a[i]; i++)
+        if (a[i] >= 'A' && a[i] <= 'Z')
+            a[i] = (char)(a[i] - 'A' + 'a');
+    return a;
+}
+
 int bs_connstr_parse(const char *s, struct bs_connstr *out, char *err, size_t errsz)
 {
     memset(out, 0, sizeof(*out));
@@ -116,6 +156,9 @@ int bs_connstr_parse(const char *s, struct bs_connstr *out, char *err, size_t er
         }
         out->blob_endpoint = endpoint;
         endpoint = NULL;
+        /* A key signs for a named account: only key-less strings take it from the URL. */
+        if (!out->account && !out->account_key)
+            out->account = account_from_endpoint(out->blob_endpoint);
     } else {
         if (!out->account || !*out->account) {
             snprintf(err, errsz, "connection string has neither AccountName nor BlobEndpoint");

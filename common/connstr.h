@@ -11,7 +11,8 @@
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 struct bs_connstr {
-    char *account;       /* AccountName, or NULL */
+    char *account;       /* AccountName; else the account the BlobEndpoint names (its first
+                            path segment when path-style, else its host's first label); or NULL */
     char *account_key;   /* AccountKey (base64), or NULL */
     char *sas;           /* SharedAccessSignature without leading '?', or NULL */
     char *blob_endpoint; /* base URL without trailing '/', always set on success */

@@ -4,6 +4,7 @@
 #include "token.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +13,18 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "fetch.h" /* bs_now_ns */
 #include "log.h"
 #include "sharedkey.h"
 
 #define MAX_RESPONSE  (64 * 1024)
 #define MAX_ASSERTION (16 * 1024)
+/* After the second and later consecutive failed fetches nobody fetches again for a jittered
+ * [step/2, step], step = base << (failures - 2), at most max (docs/shim.md). */
+#define TOKEN_RETRY_BASE_MS 500u
+#define TOKEN_RETRY_MAX_MS  30000u
+/* A token closer than this to its expiry is not handed out. */
+#define TOKEN_MIN_LEFT_S 10
 
 struct bs_token_source {
     enum bs_token_kind kind;
@@ -29,10 +37,22 @@ struct bs_token_source {
     char identity_header[512];
     struct bs_token_opts opts;
 
+    /* Cache, under lock. One fetch at a time runs outside the lock (fetching); callers without
+     * a valid token wait on `done` for its result; after a failure nobody fetches again before
+     * retry_at (jittered backoff) and callers get the last error at once. */
     pthread_mutex_t lock;
+    pthread_cond_t done;
     char *token;
     time_t expires_on;
     time_t fetched_at;
+    int fetching;
+    uint64_t generation; /* completed fetches */
+    int last_rc;         /* of the last completed fetch */
+    char last_err[1536];
+    int failures; /* consecutive */
+    uint64_t retry_at_ns;
+    pthread_t refresher; /* the last early refresh run in the background; joined later */
+    int refresher_started;
 };
 
 static int parse_epoch(json_t *v, long long *out)
@@ -123,6 +143,11 @@ static struct bs_token_source *source_new(enum bs_token_kind kind, const char *n
     if (s->opts.total_timeout_ms <= 0)
         s->opts.total_timeout_ms = 30000;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->done, &ca);
+    pthread_condattr_destroy(&ca);
     return s;
 }
 
@@ -211,6 +236,8 @@ void bs_token_source_destroy(struct bs_token_source *s)
 {
     if (!s)
         return;
+    if (s->refresher_started)
+        pthread_join(s->refresher, NULL); /* at most one fetch's time limit */
     if (s->client_secret) {
         memset(s->client_secret, 0, strlen(s->client_secret));
         free(s->client_secret);
@@ -220,6 +247,7 @@ void bs_token_source_destroy(struct bs_token_source *s)
         free(s->token);
     }
     pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->done);
     free(s);
 }
 
@@ -303,8 +331,10 @@ static char *read_assertion(const char *path, char *err, size_t errsz)
     return buf;
 }
 
-/* Fetches a new token into s (lock held). */
-static int fetch_token(struct bs_token_source *s, char *err, size_t errsz)
+/* Fetches a new token (without the lock: it reads only what never changes after creation).
+ * On success *tok_out is malloc'd and *exp_out set. */
+static int fetch_token(struct bs_token_source *s, char **tok_out, time_t *exp_out, char *err,
+                       size_t errsz)
 {
     int rc = -EIO;
     char *form = NULL, *assertion = NULL;
@@ -395,13 +425,8 @@ static int fetch_token(struct bs_token_source *s, char *err, size_t errsz)
         snprintf(err, errsz, "%s: %s", s->name, body.overflow ? "token response too large" : perr);
         goto out;
     }
-    if (s->token) {
-        memset(s->token, 0, strlen(s->token));
-        free(s->token);
-    }
-    s->token = tok;
-    s->expires_on = exp;
-    s->fetched_at = now;
+    *tok_out = tok;
+    *exp_out = exp;
     bs_log(BS_LOG_DEBUG, "token", "event=token_fetched source=\"%s\" expires_in_s=%lld", s->name,
            (long long)(exp - now));
     rc = 0;
@@ -429,32 +454,183 @@ static int needs_refresh(const struct bs_token_source *s, time_t now)
     return now >= s->expires_on - margin;
 }
 
+/* Lock held. A token still usable for a request now (not about to expire mid-request). */
+static int usable(const struct bs_token_source *s, time_t now)
+{
+    time_t quarter = (s->expires_on - s->fetched_at) / 4;
+    return s->token &&
+           now < s->expires_on - (quarter < TOKEN_MIN_LEFT_S ? quarter : TOKEN_MIN_LEFT_S);
+}
+
+static uint64_t token_random(void)
+{
+    static __thread uint64_t x;
+    if (!x)
+        x = bs_now_ns() ^ (uint64_t)(uintptr_t)&x;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
+/* Lock held: records the outcome of a fetch and wakes the callers waiting for it. */
+static void fetch_done(struct bs_token_source *s, int rc, char *tok, time_t exp, time_t now,
+                       const char *err)
+{
+    if (rc == 0) {
+        if (s->token) {
+            memset(s->token, 0, strlen(s->token));
+            free(s->token);
+        }
+        s->token = tok;
+        s->expires_on = exp;
+        s->fetched_at = now;
+        s->failures = 0;
+        s->retry_at_ns = 0;
+        s->last_err[0] = '\0';
+    } else {
+        /* The next caller may try once more at once (a transient error, as the SDKs retry);
+         * after that, a jittered exponential backoff: a failing endpoint sees one attempt per
+         * step from the whole process, not one per caller. */
+        int f = s->failures < 16 ? s->failures : 16;
+        uint64_t cap = f == 0 ? 0 : (uint64_t)TOKEN_RETRY_BASE_MS << (f - 1);
+        if (cap > TOKEN_RETRY_MAX_MS)
+            cap = TOKEN_RETRY_MAX_MS;
+        uint64_t wait_ms = cap / 2 + token_random() % (cap / 2 + 1);
+        s->failures++;
+        s->retry_at_ns = bs_now_ns() + wait_ms * 1000000ull;
+        snprintf(s->last_err, sizeof(s->last_err), "%s", err);
+    }
+    s->last_rc = rc;
+    s->generation++;
+    s->fetching = 0;
+    pthread_cond_broadcast(&s->done);
+}
+
+/* Lock held: copies the cached token out. */
+static int copy_token(struct bs_token_source *s, char *out, size_t outsz, char *err, size_t errsz)
+{
+    size_t n = strlen(s->token);
+    if (n >= outsz) {
+        snprintf(err, errsz, "%s: token longer than %zu bytes", s->name, outsz);
+        return -ENOSPC;
+    }
+    memcpy(out, s->token, n + 1);
+    return 0;
+}
+
+static int public_rc(int rc)
+{
+    return rc == -ENOMEM || rc == -EHOSTUNREACH || rc == -ENOENT || rc == -ETIMEDOUT ? rc : -EIO;
+}
+
+/* An early refresh, run in the background so that callers holding a valid token never wait. */
+static void *refresh_thread(void *arg)
+{
+    struct bs_token_source *s = arg;
+    char *tok = NULL, ferr[1536] = "";
+    time_t exp = 0;
+    int rc = fetch_token(s, &tok, &exp, ferr, sizeof(ferr));
+    pthread_mutex_lock(&s->lock);
+    fetch_done(s, rc, tok, exp, time(NULL), ferr);
+    if (rc != 0)
+        bs_log(BS_LOG_WARN, "token", "event=token_refresh_failed source=\"%s\"", s->name);
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* Lock held, s->fetching just set: starts the background refresh. 0, or -1 if no thread. */
+static int start_refresh(struct bs_token_source *s)
+{
+    if (s->refresher_started)
+        pthread_join(s->refresher, NULL); /* finished: it cleared `fetching` before exiting */
+    s->refresher_started = pthread_create(&s->refresher, NULL, refresh_thread, s) == 0;
+    return s->refresher_started ? 0 : -1;
+}
+
 int bs_token_get(struct bs_token_source *s, char *out, size_t outsz, char *err, size_t errsz)
 {
-    int rc = 0;
+    /* A caller waits for someone else's fetch at most as long as a fetch may take. */
+    uint64_t wait_until =
+        bs_now_ns() +
+        (uint64_t)(s->opts.connect_timeout_ms + s->opts.total_timeout_ms) * 1000000ull;
     pthread_mutex_lock(&s->lock);
-    time_t now = time(NULL);
-    if (needs_refresh(s, now)) {
-        rc = fetch_token(s, err, errsz);
-        /* A refresh that fails while the old token is still valid is not an error yet. */
-        if (rc != 0 && s->token && now < s->expires_on - 10) {
-            bs_log(BS_LOG_WARN, "token", "event=token_refresh_failed source=\"%s\"", s->name);
-            rc = 0;
+    for (;;) {
+        time_t now = time(NULL);
+        int valid = usable(s, now);
+        if (valid && !needs_refresh(s, now)) {
+            int rc = copy_token(s, out, outsz, err, errsz);
+            pthread_mutex_unlock(&s->lock);
+            return rc;
         }
-    }
-    if (rc == 0) {
-        size_t n = strlen(s->token);
-        if (n >= outsz) {
-            snprintf(err, errsz, "%s: token longer than %zu bytes", s->name, outsz);
-            rc = -ENOSPC;
-        } else {
-            memcpy(out, s->token, n + 1);
+        int may_fetch = !s->fetching && bs_now_ns() >= s->retry_at_ns;
+        if (valid && !may_fetch) {
+            /* Only an early refresh is due and someone runs it (or it failed recently): the
+             * valid token serves without waiting. */
+            int rc = copy_token(s, out, outsz, err, errsz);
+            pthread_mutex_unlock(&s->lock);
+            return rc;
         }
-    } else if (rc != -ENOMEM && rc != -EHOSTUNREACH && rc != -ENOENT) {
-        rc = -EIO;
+        if (valid && may_fetch) {
+            s->fetching = 1;
+            if (start_refresh(s) == 0) {
+                int rc = copy_token(s, out, outsz, err, errsz);
+                pthread_mutex_unlock(&s->lock);
+                return rc;
+            }
+            s->fetching = 0; /* no thread: refresh inline below */
+        }
+        if (may_fetch) {
+            s->fetching = 1;
+            pthread_mutex_unlock(&s->lock);
+            char *tok = NULL, ferr[1536] = "";
+            time_t exp = 0;
+            int rc = fetch_token(s, &tok, &exp, ferr, sizeof(ferr));
+            pthread_mutex_lock(&s->lock);
+            fetch_done(s, rc, tok, exp, time(NULL), ferr);
+            if (rc != 0 && usable(s, time(NULL))) {
+                /* A refresh that fails while the old token is still valid is not an error. */
+                bs_log(BS_LOG_WARN, "token", "event=token_refresh_failed source=\"%s\"", s->name);
+                rc = copy_token(s, out, outsz, err, errsz);
+            } else if (rc == 0) {
+                rc = copy_token(s, out, outsz, err, errsz);
+            } else {
+                snprintf(err, errsz, "%s", ferr);
+                rc = public_rc(rc);
+            }
+            pthread_mutex_unlock(&s->lock);
+            return rc;
+        }
+        if (!s->fetching) {
+            /* No valid token and fetches failed repeatedly moments ago: their error at once,
+             * until the backoff lets one caller try again. */
+            snprintf(err, errsz, "%s", s->last_err[0] ? s->last_err : "token fetch failed");
+            int rc = public_rc(s->last_rc ? s->last_rc : -EIO);
+            pthread_mutex_unlock(&s->lock);
+            return rc;
+        }
+        /* Someone fetches: wait for that result, bounded. */
+        uint64_t gen = s->generation;
+        struct timespec ts = {(time_t)(wait_until / 1000000000ull),
+                              (long)(wait_until % 1000000000ull)};
+        while (s->fetching && s->generation == gen) {
+            if (pthread_cond_timedwait(&s->done, &s->lock, &ts) == ETIMEDOUT)
+                break;
+        }
+        if (s->generation == gen) {
+            snprintf(err, errsz, "%s: no token: the fetch in progress did not finish in time",
+                     s->name);
+            pthread_mutex_unlock(&s->lock);
+            return -ETIMEDOUT;
+        }
+        if (s->last_rc != 0 && !usable(s, time(NULL))) {
+            snprintf(err, errsz, "%s", s->last_err);
+            int rc = public_rc(s->last_rc);
+            pthread_mutex_unlock(&s->lock);
+            return rc;
+        }
+        /* loop: the token it fetched is now cached */
     }
-    pthread_mutex_unlock(&s->lock);
-    return rc;
 }
 
 void bs_token_source_invalidate(struct bs_token_source *s)
@@ -465,5 +641,6 @@ void bs_token_source_invalidate(struct bs_token_source *s)
         free(s->token);
         s->token = NULL;
     }
+    s->retry_at_ns = 0; /* the service rejected it: fetching a new one is due now */
     pthread_mutex_unlock(&s->lock);
 }

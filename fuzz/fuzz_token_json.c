@@ -1,8 +1,21 @@
-/* libFuzzer target: token endpoint responses (untrusted: they come over the network). */
+/* libFuzzer target: token-service answers (untrusted: they come over the network): token
+ * endpoint JSON, and the Get User Delegation Key XML the storage service answers a token
+ * with. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "token.h"
+#include "udkey.h"
+
+static int in_alphabet(const char *s, const char *extra)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr(extra, *s)))
+            return 0;
+    return 1;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -15,5 +28,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
     }
     free(tok);
+    /* A parsed key never carries characters that could leave its place in a SAS query. */
+    struct bs_udkey k;
+    if (bs_udkey_parse((const char *)data, size, &k) == 0 &&
+        (!in_alphabet(k.oid, "-") || !in_alphabet(k.tid, "-") || !in_alphabet(k.value, "+/=") ||
+         !in_alphabet(k.version, "-") || !in_alphabet(k.expiry, "-:.")))
+        abort();
     return 0;
 }

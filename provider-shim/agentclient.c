@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -44,7 +45,17 @@ struct bs_agentclient {
     atomic_uint block_size;
     atomic_uint_fast64_t open_until_ns; /* breaker */
     atomic_uint_fast64_t http_buffered; /* bytes of HTTP bounce buffers in use */
+    atomic_uint answer_ms;              /* the agent's announced answer time (hello) */
+    atomic_int uid_logged;              /* the refusal of a foreign socket owner was logged */
+    /* counters (bs_agentclient_stats) */
+    atomic_uint_fast64_t n_served, n_miss, n_denied, n_error, n_bad_checksum, n_bypassed,
+        n_uid_refused, n_unreachable, n_timeouts, n_busy;
+    char last_reason[160]; /* under lock */
 };
+
+/* get_conn's failures: the agent is busy (not broken), or its socket belongs to another uid. */
+#define CONN_BUSY    (-2)
+#define CONN_REFUSED (-3)
 
 /* One chunk of a read in flight. */
 struct slot {
@@ -60,6 +71,89 @@ struct slot {
     char *meta;
     char *json;
 };
+
+static void count(atomic_uint_fast64_t *n)
+{
+    atomic_fetch_add_explicit(n, 1, memory_order_relaxed);
+}
+
+void bs_agentclient_stats(struct bs_agentclient *c, struct bs_agentclient_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!c)
+        return;
+    out->served = atomic_load(&c->n_served);
+    out->miss = atomic_load(&c->n_miss);
+    out->denied = atomic_load(&c->n_denied);
+    out->error = atomic_load(&c->n_error);
+    out->bad_checksum = atomic_load(&c->n_bad_checksum);
+    out->bypassed = atomic_load(&c->n_bypassed);
+    out->uid_refused = atomic_load(&c->n_uid_refused);
+    out->unreachable = atomic_load(&c->n_unreachable);
+    out->timeouts = atomic_load(&c->n_timeouts);
+    out->busy = atomic_load(&c->n_busy);
+    pthread_mutex_lock(&c->lock);
+    memcpy(out->last_reason, c->last_reason, sizeof(out->last_reason));
+    pthread_mutex_unlock(&c->lock);
+}
+
+void bs_agentclient_count_bypass(struct bs_agentclient *c)
+{
+    if (c)
+        count(&c->n_bypassed);
+}
+
+/* Keeps the agent's last reason, printable and without quotes (it ends up in a report line). */
+static void note_reason(struct bs_agentclient *c, const char *reason)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t i = 0;
+    for (; reason[i] && i + 1 < sizeof(c->last_reason); i++)
+        c->last_reason[i] =
+            reason[i] < 0x20 || reason[i] == 0x7f || reason[i] == '"' || reason[i] == '\\'
+                ? '?'
+                : reason[i];
+    c->last_reason[i] = '\0';
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* The agent request's own limit: the configured timeout, or the agent's announced answer time
+ * plus a margin when that is longer. */
+static uint64_t agent_timeout_ns(const struct bs_agentclient *c)
+{
+    uint64_t ms = (uint64_t)c->o.timeout_ms, announced = atomic_load(&c->answer_ms);
+    if (announced && announced + BS_AGENT_ANSWER_MARGIN_MS > ms)
+        ms = announced + BS_AGENT_ANSWER_MARGIN_MS;
+    return ms * 1000000ull;
+}
+
+/* When an agent request started at t0 gives up: its own limit or the caller's deadline
+ * (0: none), whichever comes first. */
+static uint64_t request_deadline(const struct bs_agentclient *c, uint64_t t0, uint64_t caller)
+{
+    uint64_t own = t0 + agent_timeout_ns(c);
+    return caller && caller < own ? caller : own;
+}
+
+/* Checks the owner of the listening socket (SO_PEERCRED: the credentials of the process that
+ * called listen) before anything is sent on it. 0 accepted, CONN_REFUSED otherwise. */
+static int check_peer(struct bs_agentclient *c, int fd)
+{
+    if (c->o.peer_uid < 0)
+        return 0;
+    struct ucred cr;
+    socklen_t n = sizeof(cr);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &n) == 0 && n == sizeof(cr) &&
+        (long long)cr.uid == c->o.peer_uid)
+        return 0;
+    count(&c->n_uid_refused);
+    if (atomic_exchange(&c->uid_logged, 1) == 0)
+        bs_log(BS_LOG_WARN, "agentclient",
+               "event=agent_refused reason=\"socket owner is not the agent's uid\" socket=\"%s\" "
+               "uid=%ld expected_uid=%lld",
+               c->address, n == sizeof(cr) ? (long)cr.uid : -1L, c->o.peer_uid);
+    return CONN_REFUSED;
+}
 
 static void trip(struct bs_agentclient *c, const char *why)
 {
@@ -169,7 +263,12 @@ static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns, int fresh, i
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         int busy = errno == EAGAIN; /* listen backlog full: busy, not broken */
         close(fd);
-        return busy ? -2 : -1;
+        return busy ? CONN_BUSY : -1;
+    }
+    /* Nothing, not even hello, goes to a socket that is not the agent's. */
+    if (check_peer(c, fd) != 0) {
+        close(fd);
+        return CONN_REFUSED;
     }
     /* Learn (or confirm) the agent's grid on every new connection: it may have restarted. */
     char *hello = bs_proto_encode_hello_req(), *msg = NULL;
@@ -182,13 +281,15 @@ static int get_conn(struct bs_agentclient *c, uint64_t deadline_ns, int fresh, i
              bs_proto_decode_hello(msg, len, &h, err, sizeof(err)) == 0 &&
              h.chunk_size >= MIN_CHUNK;
     int busy = !ok && msg && bs_proto_is_busy(msg, len);
+    if (ok)
+        atomic_store(&c->answer_ms, h.answer_ms);
     free(hello);
     free(msg);
     if (rfd >= 0)
         close(rfd);
     if (!ok) {
         close(fd);
-        return busy ? -2 : -1; /* -2: at its connection limit, not broken */
+        return busy ? CONN_BUSY : -1; /* at its connection limit, not broken */
     }
     atomic_store(&c->chunk_size, h.chunk_size);
     atomic_store(&c->block_size, h.block_size);
@@ -298,6 +399,26 @@ static void fill_req(struct bs_chunk_req *q, const struct bs_delegation *d, cons
     q->auth = *d;
 }
 
+/* Counts an agent answer by status and keeps the reason of one that serves nothing. */
+static void tally(struct bs_agentclient *c, const struct bs_chunk_reply *r)
+{
+    switch (r->status) {
+    case BS_CHUNK_HIT:
+    case BS_CHUNK_FILLED:
+        return; /* counted once its bytes verified */
+    case BS_CHUNK_MISS:
+        count(&c->n_miss);
+        break;
+    case BS_CHUNK_DENIED:
+        count(&c->n_denied);
+        break;
+    case BS_CHUNK_ERROR:
+        count(&c->n_error);
+        break;
+    }
+    note_reason(c, r->reason);
+}
+
 /* Tells the agent chunk q->chunk failed its checksums here: it re-checks access and the
  * chunk itself, and drops it so the next reader refills it. */
 static void report_corrupt(int sock, const struct bs_chunk_req *q, uint64_t deadline_ns)
@@ -311,7 +432,7 @@ static void report_corrupt(int sock, const struct bs_chunk_req *q, uint64_t dead
 static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
                       const struct bs_delegation *d, const char *container, const char *blob,
                       const char *etag, uint64_t blob_size, char *buf, uint64_t off,
-                      uint64_t deadline_ns)
+                      uint64_t deadline_ns, int own_deadline)
 {
     struct bs_chunk_reply *r = malloc(sizeof(*r));
     if (!r)
@@ -332,8 +453,15 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         } else if (sl[i].sock >= 0 && pooled) {
             continue; /* sent */
         }
-        if (sl[i].sock == -2) {
+        if (sl[i].sock == CONN_BUSY) {
+            count(&c->n_busy);
             sl[i].sock = -1;
+            continue;
+        }
+        if (sl[i].sock == CONN_REFUSED) {
+            sl[i].sock = -1;
+            failed = 1;
+            trip(c, "the agent socket's owner is not the agent's uid");
             continue;
         }
         if (sl[i].sock < 0 || bs_proto_send(sl[i].sock, sl[i].json, -1, deadline_ns) != 0) {
@@ -341,6 +469,7 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
                 close(sl[i].sock);
             sl[i].sock = -1;
             failed = 1;
+            count(&c->n_unreachable);
             trip(c, "cannot reach the agent");
         }
     }
@@ -361,12 +490,17 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
                 close(fd);
             if (rc == -EINVAL)
                 bs_log(BS_LOG_WARN, "agentclient", "event=bad_reply msg=\"%s\"", err);
-            trip(c, rc == -ETIMEDOUT ? "agent timed out" : "agent connection failed");
+            count(rc == -ETIMEDOUT ? &c->n_timeouts : &c->n_unreachable);
+            /* The caller's own deadline running out is not the agent's failure. */
+            if (rc != -ETIMEDOUT || own_deadline)
+                trip(c, rc == -ETIMEDOUT ? "agent timed out" : "agent connection failed");
             continue;
         }
+        tally(c, r);
         if (fd >= 0 && reply_matches(r, &sl[i], etag, blob_size)) {
             int crc = copy_verified(r, &sl[i], fd, NULL, 0, 0, buf, off);
             sl[i].served = crc == 0;
+            count(crc == 0 ? &c->n_served : &c->n_bad_checksum);
             if (crc == -EBADMSG) {
                 bs_log(BS_LOG_WARN, "agentclient", "event=bad_checksum blob=\"%s\" chunk=%llu",
                        blob, (unsigned long long)sl[i].chunk);
@@ -420,7 +554,7 @@ static void report_corrupt_http(struct bs_agentclient *c, struct slot *sl, size_
 static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
                       const struct bs_delegation *d, const char *container, const char *blob,
                       const char *etag, uint64_t blob_size, char *buf, uint64_t off,
-                      uint64_t deadline_ns)
+                      uint64_t deadline_ns, int own_deadline)
 {
     /* Bodies land in bounce buffers about the size of the read: bounded per process by
      * HTTP_BUFFER_BYTES; a read that does not fit goes to Azure instead (not a failure). */
@@ -474,11 +608,17 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         char err[128];
         struct bs_fetch_req *f = &sl[i].req;
         if (f->curl_code != CURLE_OK || f->status != 200) {
+            count(f->curl_code == CURLE_OPERATION_TIMEDOUT ? &c->n_timeouts : &c->n_unreachable);
             transport_failed = 1;
             continue;
         }
-        if (bs_proto_decode_reply(f->capture, strlen(f->capture), r, err, sizeof(err)) != 0)
+        if (bs_proto_decode_reply(f->capture, strlen(f->capture), r, err, sizeof(err)) != 0) {
+            bs_log(BS_LOG_WARN, "agentclient", "event=bad_reply msg=\"%s\"", err);
+            count(&c->n_error);
+            note_reason(c, err);
             continue;
+        }
+        tally(c, r);
         if (r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) {
             /* The grid guessed before the first reply: learn it for the next call. */
             atomic_store(&c->block_size, r->block_size);
@@ -490,6 +630,7 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
             continue;
         int crc = copy_verified(r, &sl[i], -1, sl[i].body, r->sub_off, r->sub_len, buf, off);
         sl[i].served = crc == 0;
+        count(crc == 0 ? &c->n_served : &c->n_bad_checksum);
         if (crc == -EBADMSG) {
             bs_log(BS_LOG_WARN, "agentclient", "event=bad_checksum blob=\"%s\" chunk=%llu", blob,
                    (unsigned long long)sl[i].chunk);
@@ -502,7 +643,7 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         sl[i].body = NULL;
     }
     atomic_fetch_sub(&c->http_buffered, need);
-    if (transport_failed)
+    if (transport_failed && (!wrc || own_deadline))
         trip(c, wrc ? "agent timed out" : "agent HTTP request failed");
     curl_slist_free_all(headers);
     bs_fetch_batch_cleanup(&batch);
@@ -512,20 +653,29 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
 size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation *d,
                            const char *container, const char *blob, const char *etag,
                            uint64_t blob_size, void *buf, uint64_t off, size_t len,
-                           uint64_t (*missing)[2], size_t max)
+                           uint64_t (*missing)[2], size_t max, uint64_t deadline_ns)
 {
     size_t nmiss = 0;
-    uint64_t deadline_ns = bs_now_ns() + (uint64_t)c->o.timeout_ms * 1000000ull;
+    uint64_t t0 = bs_now_ns(), caller_deadline = deadline_ns;
+    deadline_ns = request_deadline(c, t0, caller_deadline);
     uint64_t cs = atomic_load(&c->chunk_size);
     if (c->is_unix && !cs) {
-        int fd = get_conn(c, deadline_ns, 0, NULL); /* learns the grid */
+        int fd = get_conn(c, deadline_ns, 0, NULL); /* learns the grid and answer time */
         if (fd < 0) {
-            if (fd == -1)
+            if (fd == -1) {
+                count(&c->n_unreachable);
                 trip(c, "cannot reach the agent");
+            } else if (fd == CONN_REFUSED) {
+                trip(c, "the agent socket's owner is not the agent's uid");
+            } else {
+                count(&c->n_busy);
+            }
             goto all_missing;
         }
         put_conn(c, fd);
         cs = atomic_load(&c->chunk_size);
+        /* The first hello may have announced a longer answer time than assumed so far. */
+        deadline_ns = request_deadline(c, t0, caller_deadline);
     }
     if (!c->is_unix && !cs) {
         cs = 8u << 20; /* the agent's default grid; replies confirm or correct it */
@@ -553,9 +703,11 @@ size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation 
         sl[i].sock = -1;
     }
     if (c->is_unix)
-        read_unix(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns);
+        read_unix(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
+                  deadline_ns != caller_deadline);
     else
-        read_http(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns);
+        read_http(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
+                  deadline_ns != caller_deadline);
     for (size_t i = 0; i < n; i++) {
         if (!sl[i].served) {
             uint64_t lo = sl[i].want_lo, l = sl[i].want_hi - sl[i].want_lo;

@@ -40,6 +40,8 @@ struct shim_config {
     long long agent_cooloff_ms;
     long long agent_max_idle;
     long long delegate_window_s;
+    char agent_uid[BS_CFG_STR_MAX];
+    char report_file[BS_CFG_STR_MAX];
 };
 
 #define DEFAULT_AGENT_HINT                                                                         \
@@ -89,6 +91,14 @@ static const struct bs_cfg_entry shim_settings[] = {
      "idle connections to the agent kept open", 0},
     {"BLOBSWARM_DELEGATE_WINDOW_S", BS_CFG_INT, 60, 86400, "600", F(delegate_window_s),
      "a SAS minted from the account key for the agent is valid for 1-2 windows", 0},
+    {"BLOBSWARM_AGENT_UID", BS_CFG_STR, 0, 16, "0", F(agent_uid),
+     "uid that must own the agent's Unix socket (SO_PEERCRED) before anything is sent on it; "
+     "any: no check (an explicit opt-out)",
+     0},
+    {"BLOBSWARM_REPORT_FILE", BS_CFG_STR, 0, 1000, "", F(report_file),
+     "at shutdown, append why reads did or did not use the agent (key=value counts) to this "
+     "file (blobswarm-read sets it)",
+     0},
 };
 #undef F
 
@@ -183,7 +193,20 @@ static struct shim_state *state_create(char *err, size_t errsz)
         .timeout_ms = c->agent_timeout_ms,
         .cooloff_ms = c->agent_cooloff_ms,
         .max_idle = (int)c->agent_max_idle,
+        .peer_uid = -1,
     };
+    if (strcmp(c->agent_uid, "any") != 0) {
+        char *end;
+        errno = 0;
+        long long uid = strtoll(c->agent_uid, &end, 10);
+        if (errno || end == c->agent_uid || *end || uid < 0 || uid > 4294967294LL) {
+            snprintf(err, errsz,
+                     "BLOBSWARM_AGENT_UID=\"%.16s\": expected a uid (0..4294967294) or any",
+                     c->agent_uid);
+            goto out_fail;
+        }
+        aopts.peer_uid = uid;
+    }
     s->agent = bs_agentclient_create(&aopts, s->fetch);
     if (bs_log_threshold >= BS_LOG_INFO) {
         char line[1536];
@@ -199,11 +222,13 @@ out_fail:
     return NULL;
 }
 
-/* Reads through the agent, then from Azure (same ETag) whatever the agent did not serve. */
+/* Reads through the agent, then from Azure (same ETag, all missing ranges in parallel)
+ * whatever the agent did not serve, all within one deadline for the whole blob_read. */
 static int read_via_agent(struct shim_state *s, const char *account, const char *container,
                           const char *blob, void *buf, uint64_t off, size_t len, char *err,
                           size_t errsz)
 {
+    uint64_t deadline_ns = bs_now_ns() + (uint64_t)s->cfg.deadline_ms * 1000000ull;
     struct bs_blob_props props;
     int rc = bs_blobreader_props(s->reader, s->cred, account, container, blob, &props, err, errsz);
     if (rc)
@@ -212,42 +237,63 @@ static int read_via_agent(struct shim_state *s, const char *account, const char 
         return bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, off, len, err,
                                   errsz); /* the direct path words range errors */
     /* An agent found only by its well-known Service name (not named in BLOBSWARM_AGENT) gets
-     * nothing broader than a one-blob SAS minted here: never a bearer token or the user's
-     * own SAS over plain HTTP. */
-    if (bs_agentclient_discovered_http(s->agent) &&
-        (bs_azcred_kind(s->cred) == BS_AUTH_BEARER || bs_azcred_kind(s->cred) == BS_AUTH_SAS))
+     * nothing broader than a one-blob SAS minted here: never the user's own SAS over plain
+     * HTTP (a bearer identity's user-delegation SAS is one-blob too). */
+    if (bs_agentclient_discovered_http(s->agent) && bs_azcred_kind(s->cred) == BS_AUTH_SAS)
         return bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, off, len, err,
                                   errsz);
     struct bs_delegation *d = malloc(sizeof(*d));
     size_t max = len / (1u << 20) + 3; /* chunks are at least 1 MiB */
     uint64_t(*missing)[2] = malloc(max * sizeof(*missing));
     size_t nmiss = 1;
-    if (!d || !missing ||
-        bs_azcred_delegate(s->cred, account, container, blob, s->cfg.delegate_window_s, d, err,
-                           errsz) != 0) {
-        if (missing) {
-            missing[0][0] = off;
-            missing[0][1] = len;
-        } else {
-            nmiss = 0;
-            rc = bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, off, len,
-                                    err, errsz);
-        }
-    } else {
-        nmiss = bs_agentclient_read(s->agent, d, container, blob, props.etag, props.size, buf, off,
-                                    len, missing, max);
+    if (!d || !missing) {
+        rc = -ENOMEM;
+        snprintf(err, errsz, "out of memory");
+        goto out_free;
     }
-    for (size_t i = 0; i < nmiss && rc == 0; i++)
-        rc = bs_blobreader_read_version(s->reader, s->cred, account, container, blob, props.etag,
-                                        (char *)buf + (missing[i][0] - off), missing[i][0],
-                                        (size_t)missing[i][1], err, errsz);
+    missing[0][0] = off;
+    missing[0][1] = len;
+    if (bs_azcred_delegate(s->cred, account, container, blob, s->cfg.delegate_window_s, d, err,
+                           errsz) == 0)
+        nmiss = bs_agentclient_read(s->agent, d, container, blob, props.etag, props.size, buf, off,
+                                    len, missing, max, deadline_ns);
+    else
+        bs_log(BS_LOG_INFO, "shim", "event=not_delegated msg=\"%s\"", err);
+    if (nmiss)
+        rc = bs_blobreader_read_ranges(s->reader, s->cred, account, container, blob, props.etag,
+                                       buf, off, (const uint64_t(*)[2])missing, nmiss, deadline_ns,
+                                       err, errsz);
     if (rc == -ESTALE)
         bs_blobreader_forget(s->reader, account, container, blob);
+out_free:
     if (d)
         memset(d->secret, 0, sizeof(d->secret));
     free(d);
     free(missing);
     return rc;
+}
+
+/* BLOBSWARM_REPORT_FILE: one line of counts saying why reads did or did not use the agent. */
+static void write_report(const struct shim_state *s)
+{
+    if (!s->cfg.report_file[0])
+        return;
+    struct bs_agentclient_stats st;
+    bs_agentclient_stats(s->agent, &st);
+    FILE *f = fopen(s->cfg.report_file, "ae");
+    if (!f)
+        return;
+    fprintf(f,
+            "agent=%s credential=\"%s\" served=%llu miss=%llu denied=%llu error=%llu "
+            "bad_checksum=%llu bypassed=%llu uid_refused=%llu unreachable=%llu timeouts=%llu "
+            "busy=%llu last_reason=\"%s\"\n",
+            s->agent ? bs_agentclient_address(s->agent) : "none", bs_azcred_describe(s->cred),
+            (unsigned long long)st.served, (unsigned long long)st.miss,
+            (unsigned long long)st.denied, (unsigned long long)st.error,
+            (unsigned long long)st.bad_checksum, (unsigned long long)st.bypassed,
+            (unsigned long long)st.uid_refused, (unsigned long long)st.unreachable,
+            (unsigned long long)st.timeouts, (unsigned long long)st.busy, st.last_reason);
+    fclose(f);
 }
 
 static void set_error(char *error_buf, size_t error_buf_size, const char *msg)
@@ -293,11 +339,14 @@ BS_ABI_EXPORT ssize_t blob_read(const char *account, const char *container, cons
         return -1;
     }
 
-    int rc =
-        s->agent && bs_agentclient_usable(s->agent)
-            ? read_via_agent(s, account, container, blob, buf, offset, length, err, sizeof(err))
-            : bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, offset, length,
-                                 err, sizeof(err));
+    int rc;
+    if (s->agent && bs_agentclient_usable(s->agent)) {
+        rc = read_via_agent(s, account, container, blob, buf, offset, length, err, sizeof(err));
+    } else {
+        bs_agentclient_count_bypass(s->agent);
+        rc = bs_blobreader_read(s->reader, s->cred, account, container, blob, buf, offset, length,
+                                err, sizeof(err));
+    }
 
     pthread_mutex_lock(&g_lock);
     if (--g_active == 0)
@@ -319,5 +368,7 @@ BS_ABI_EXPORT void shutdown(void)
     struct shim_state *s = g_state;
     g_state = NULL;
     pthread_mutex_unlock(&g_lock);
+    if (s)
+        write_report(s);
     state_destroy(s);
 }

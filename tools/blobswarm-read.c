@@ -119,6 +119,9 @@ static void usage(FILE *f)
             "                      summary then goes to stderr)\n"
             "  -h, --help          this text\n"
             "\n"
+            "After the reads it says on stderr why they did or did not use the node agent (the\n"
+            "blobswarm shim's counts, from BLOBSWARM_REPORT_FILE; a temporary file if unset).\n"
+            "\n"
             "Sizes accept a k, m or g suffix (binary: 8m = 8388608).\n"
             "Exit status: 0 ok, 1 load or read error, 2 usage error, 3 verification mismatch.\n",
             MAX_THREADS, DEFAULT_THREADS, (unsigned long long)MAX_CHUNK_BYTES,
@@ -706,6 +709,96 @@ static int report(const struct options *o, const struct read_result *r, unsigned
     return rc;
 }
 
+/* The shim's report (BLOBSWARM_REPORT_FILE, written at shutdown): one line of key=value
+ * counts. Prints to stderr why reads did or did not use the node agent. The library is only
+ * asked through its environment: another provider simply writes no report. */
+static char g_report[4096];
+
+static void report_prepare(void)
+{
+    const char *set = getenv("BLOBSWARM_REPORT_FILE");
+    if (set && *set) {
+        snprintf(g_report, sizeof g_report, "%s", set);
+        return;
+    }
+    const char *dir = getenv("TMPDIR");
+    snprintf(g_report, sizeof g_report, "%s/blobswarm-read-report.XXXXXX",
+             dir && *dir ? dir : "/tmp");
+    int fd = mkstemp(g_report);
+    if (fd < 0) {
+        g_report[0] = '\0';
+        return;
+    }
+    close(fd);
+    setenv("BLOBSWARM_REPORT_FILE", g_report, 1);
+}
+
+/* The value of key in a "k=v k=\"v v\"" line, into out; "" if absent. */
+static void report_value(const char *line, const char *key, char *out, size_t outsz)
+{
+    out[0] = '\0';
+    size_t kl = strlen(key);
+    for (const char *p = line; (p = strstr(p, key)) != NULL; p += kl) {
+        if ((p != line && p[-1] != ' ') || p[kl] != '=')
+            continue;
+        const char *v = p + kl + 1;
+        size_t n = *v == '"' ? strcspn(++v, "\"") : strcspn(v, " \n");
+        snprintf(out, outsz, "%.*s", (int)n, v);
+        return;
+    }
+}
+
+static void report_explain(int remove_file)
+{
+    if (!g_report[0])
+        return;
+    char line[2048] = "";
+    FILE *f = fopen(g_report, "re");
+    if (f) {
+        while (fgets(line, sizeof line, f)) /* the last line: this process's shutdown */
+            ;
+        fclose(f);
+    }
+    if (remove_file)
+        unlink(g_report);
+    if (!line[0])
+        return;
+    char agent[600], v[200], reason[200];
+    report_value(line, "agent", agent, sizeof agent);
+    if (strcmp(agent, "none") == 0) {
+        fprintf(stderr, PROG ": agent: none (BLOBSWARM_AGENT off, or nothing found to ask): "
+                             "every read went to Azure\n");
+        return;
+    }
+    static const struct {
+        const char *key, *what;
+    } why[] = {
+        {"served", "chunk(s) served by the agent"},
+        {"miss", "miss answer(s): the agent did not serve now"},
+        {"denied", "denied answer(s): the agent's access check failed for this credential"},
+        {"error", "error answer(s): request refused (endpoint not allowed, bad request...)"},
+        {"bad_checksum", "chunk(s) failed their checksum here (reported, read from Azure)"},
+        {"uid_refused", "connection(s) refused: the socket's owner is not BLOBSWARM_AGENT_UID"},
+        {"unreachable", "transport failure(s): agent absent or connection lost"},
+        {"timeouts", "agent timeout(s)"},
+        {"busy", "time(s) the agent was at its connection limit"},
+        {"bypassed", "read(s) skipped the agent: breaker open after a failure"},
+    };
+    fprintf(stderr, PROG ": agent %s:", agent);
+    int any = 0;
+    for (size_t i = 0; i < sizeof why / sizeof why[0]; i++) {
+        report_value(line, why[i].key, v, sizeof v);
+        if (v[0] && strcmp(v, "0") != 0) {
+            fprintf(stderr, "%s %s %s", any ? ";" : "", v, why[i].what);
+            any = 1;
+        }
+    }
+    report_value(line, "last_reason", reason, sizeof reason);
+    if (reason[0])
+        fprintf(stderr, "; last reason: \"%s\"", reason);
+    fprintf(stderr, "%s\n", any ? "" : " never asked");
+}
+
 int main(int argc, char **argv)
 {
     struct options o;
@@ -717,9 +810,15 @@ int main(int argc, char **argv)
         return rc < 0 ? 0 : rc; /* -1: --help was printed */
 
     uint64_t size = o.size, file_size = 0;
+    int own_report = o.local_file == NULL &&
+                     !(getenv("BLOBSWARM_REPORT_FILE") && *getenv("BLOBSWARM_REPORT_FILE"));
+    if (o.local_file == NULL)
+        report_prepare();
     if (o.local_file != NULL ? local_open(&p, o.local_file, &file_size, msg, sizeof msg) != 0
                              : provider_load(&p, o.lib, msg, sizeof msg) != 0) {
         fprintf(stderr, PROG ": %s\n", msg);
+        if (own_report && g_report[0])
+            unlink(g_report);
         return EXIT_READ_ERROR; /* the streamer never dlcloses; neither do we */
     }
 
@@ -751,6 +850,8 @@ int main(int argc, char **argv)
 out_shutdown:
     if (p.shutdown != NULL)
         p.shutdown();
+    if (o.local_file == NULL)
+        report_explain(own_report);
     if (g_local_fd >= 0)
         close(g_local_fd);
     return rc;

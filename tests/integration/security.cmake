@@ -30,6 +30,15 @@ set(BS_SEC_CASES_CONN      # conn.sh: connection exhaustion, fair fills, drain
 )
 
 set(BS_SEC_CASES_SHIM      # shim.sh: fake agent, narrow delegation, deadlines
+  shim_fake_agent 120
+  shim_token_single_flight 120
+  shim_narrow_delegation 180
+  shim_http_meta 180
+  shim_connstr_endpoint_only 60
+  shim_error_cause_first 60
+  shim_read_explains 90
+  shim_agent_deadlines 120
+  shim_parallel_misses 120
 )
 
 set(BS_SEC_CASES ${BS_SEC_CASES_FILL} ${BS_SEC_CASES_STORE} ${BS_SEC_CASES_CONN}

@@ -1091,6 +1091,37 @@ static void t_token_refreshed(void **state)
                  n2 - n1);
 }
 
+/* A refresh that is only early runs in the background: with a slow token endpoint (2 s) and
+ * tokens living 6 s, a read 3.5 s after the first (refresh due, token still valid) does not
+ * wait for the new token; the new one arrives anyway and no second fetch starts. */
+static void t_token_early_refresh_no_wait(void **state)
+{
+    (void)state;
+    shim_reset();
+    use_client_secret();
+    token_control("{\"expires_in\":6,\"delay_ms\":{\"client_secret\":2000}}");
+    long long n0 = tokens_issued_client_secret();
+    assert_read_ok("data", TINY_BLOB, TINY_SEED, 0, 8); /* fetches: 2 s */
+    struct timespec ts = {3, 500 * 1000000L};
+    nanosleep(&ts, NULL);
+    uint64_t t0 = now_ms();
+    assert_read_ok("data", TINY_BLOB, TINY_SEED, 0, 8);
+    assert_read_ok("data", TINY_BLOB, TINY_SEED, 0, 8);
+    uint64_t waited = now_ms() - t0;
+    struct timespec settle = {2, 500 * 1000000L};
+    nanosleep(&settle, NULL);
+    long long n1 = tokens_issued_client_secret();
+    token_control("{\"reset\":true}");
+    shim_reset();
+    print_message("    two reads during the early refresh took %llu ms\n",
+                  (unsigned long long)waited);
+    if (waited >= 1500)
+        fail_msg("reads holding a valid token waited %llu ms for an early refresh",
+                 (unsigned long long)waited);
+    if (n1 - n0 != 2)
+        fail_msg("tokens issued: %lld, expected 2 (the first, one background refresh)", n1 - n0);
+}
+
 /* An unconfigured process (managed identity through IMDS) whose first token request meets a
  * transient IMDS error (HTTP 500: IMDS answers 429/5xx under load; the Azure SDKs retry
  * them) must not be switched to anonymous for good: once IMDS answers again, reads work. */
@@ -2000,6 +2031,7 @@ int main(int argc, char **argv)
     static const struct CMUnitTest token_tests[] = {
         cmocka_unit_test(t_token_cached),
         cmocka_unit_test(t_token_refreshed),
+        cmocka_unit_test(t_token_early_refresh_no_wait),
         cmocka_unit_test(t_imds_transient_failure),
     };
     if (selected(argc, argv, first, "tokencache")) {

@@ -7,7 +7,7 @@ if(NOT TARGET PkgConfig::CMOCKA)
   pkg_check_modules(CMOCKA REQUIRED IMPORTED_TARGET cmocka)
 endif()
 
-set(BS_UNIT_MODULES config connstr sharedkey token blobreader crc32c log names azcred fetch)
+set(BS_UNIT_MODULES config connstr sharedkey token blobreader crc32c log names azcred fetch udkey)
 foreach(module IN LISTS BS_UNIT_MODULES)
   add_executable(unit_${module} ${CMAKE_CURRENT_LIST_DIR}/test_${module}.c)
   target_link_libraries(unit_${module} PRIVATE bs_common PkgConfig::CMOCKA)

@@ -153,6 +153,55 @@ static void test_reply_round_trip_and_checks(void **state)
     free(b);
 }
 
+/* Every geometry the agent accepts (up to BS_PROTO_MAX_CRCS blocks) encodes into a reply that
+ * fits one HTTP header line (MHD's default pool is 32 KiB) and decodes to the same checksums;
+ * a compact list of the wrong length or alphabet is refused. */
+static void test_reply_compact_crcs(void **state)
+{
+    (void)state;
+    struct bs_chunk_reply *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
+    char err[160];
+    a->status = BS_CHUNK_FILLED;
+    snprintf(a->etag, sizeof(a->etag), "\"0x8DC0123456789AB\"");
+    a->blob_size = 1ull << 40;
+    a->chunk_size = 64u << 20;
+    a->chunk = 16383;
+    a->block_size = 16384;
+    a->length = a->chunk_size;
+    a->ncrcs = BS_PROTO_MAX_CRCS;
+    a->sub_len = a->length;
+    snprintf(a->reason, sizeof(a->reason), "filled");
+    for (uint32_t i = 0; i < a->ncrcs; i++)
+        a->crcs[i] = 0x9E3779B9u * (i + 1);
+    char *json = bs_proto_encode_reply(a);
+    assert_non_null(json);
+    assert_true(strlen(json) < 24 * 1024);
+    assert_null(strstr(json, "\"crc\":"));
+    assert_int_equal(bs_proto_decode_reply(json, strlen(json), b, err, sizeof(err)), 0);
+    assert_int_equal(b->ncrcs, a->ncrcs);
+    assert_memory_equal(b->crcs, a->crcs, sizeof(a->crcs[0]) * a->ncrcs);
+    /* one block fewer than the length needs */
+    a->length += a->block_size;
+    free(json);
+    json = bs_proto_encode_reply(a);
+    assert_int_equal(bs_proto_decode_reply(json, strlen(json), b, err, sizeof(err)), -EINVAL);
+    free(json);
+    /* odd lengths round-trip too (1025 blocks: compact, with padding) */
+    a->length = 1025ull * a->block_size - 7;
+    a->ncrcs = 1025;
+    json = bs_proto_encode_reply(a);
+    assert_int_equal(bs_proto_decode_reply(json, strlen(json), b, err, sizeof(err)), 0);
+    assert_int_equal(b->ncrcs, 1025);
+    assert_int_equal(b->crcs[1024], a->crcs[1024]);
+    free(json);
+    const char *bad = "{\"status\":\"hit\",\"etag\":\"e\",\"blob_size\":65536,\"chunk_size\":"
+                      "1048576,\"chunk\":0,\"length\":65536,\"sub_off\":0,\"sub_len\":0,"
+                      "\"block_size\":16384,\"crc_b64\":\"AAAAAAAAAAAAAAAAAAAA!A==\"}";
+    assert_int_equal(bs_proto_decode_reply(bad, strlen(bad), b, err, sizeof(err)), -EINVAL);
+    free(a);
+    free(b);
+}
+
 static void test_hello_geometry(void **state)
 {
     (void)state;
@@ -244,6 +293,7 @@ int main(void)
         cmocka_unit_test(test_secret_alphabet),
         cmocka_unit_test(test_request_rejects),
         cmocka_unit_test(test_reply_round_trip_and_checks),
+        cmocka_unit_test(test_reply_compact_crcs),
         cmocka_unit_test(test_hello_geometry),
         cmocka_unit_test(test_codec_frames),
         cmocka_unit_test(test_endpoint_allow_list),

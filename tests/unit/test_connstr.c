@@ -102,16 +102,40 @@ static void test_blob_endpoint(void **state)
         (struct want){"devstoreaccount1", KEY, NULL, "http://127.0.0.1:10000/devstoreaccount1"});
     /* The scheme is matched case-insensitively. */
     expect_ok("BlobEndpoint=HTTPS://Blobs.Example.com/;SharedAccessSignature=" SAS_BODY,
-              (struct want){NULL, NULL, SAS_BODY, "HTTPS://Blobs.Example.com"});
+              (struct want){"blobs", NULL, SAS_BODY, "HTTPS://Blobs.Example.com"});
+}
+
+/* Without AccountName the account comes from the endpoint, as the Azure SDKs derive it: the
+ * host's first label, or the first path segment of a path-style (IP or dot-less) endpoint. */
+static void test_account_from_endpoint(void **state)
+{
+    (void)state;
+    expect_ok("BlobEndpoint=https://myacct.blob.core.windows.net/;SharedAccessSignature=" SAS_BODY,
+              (struct want){"myacct", NULL, SAS_BODY, "https://myacct.blob.core.windows.net"});
+    expect_ok(
+        "BlobEndpoint=https://127.0.0.1:10000/devstoreaccount1;SharedAccessSignature=" SAS_BODY,
+        (struct want){"devstoreaccount1", NULL, SAS_BODY,
+                      "https://127.0.0.1:10000/devstoreaccount1"});
+    expect_ok("BlobEndpoint=http://localhost:10000/DevAcct/;SharedAccessSignature=" SAS_BODY,
+              (struct want){"devacct", NULL, SAS_BODY, "http://localhost:10000/DevAcct"});
+    expect_ok("BlobEndpoint=http://[::1]:10000/acct1;SharedAccessSignature=" SAS_BODY,
+              (struct want){"acct1", NULL, SAS_BODY, "http://[::1]:10000/acct1"});
+    /* A path-style endpoint without a path names no account. */
+    expect_ok("BlobEndpoint=http://127.0.0.1:10000;SharedAccessSignature=" SAS_BODY,
+              (struct want){NULL, NULL, SAS_BODY, "http://127.0.0.1:10000"});
+    /* AccountName wins over the endpoint. */
+    expect_ok("BlobEndpoint=https://other.blob.core.windows.net;AccountName=mine;"
+              "SharedAccessSignature=" SAS_BODY,
+              (struct want){"mine", NULL, SAS_BODY, "https://other.blob.core.windows.net"});
 }
 
 static void test_sas(void **state)
 {
     (void)state;
     expect_ok("BlobEndpoint=https://myacct.blob.core.windows.net/;SharedAccessSignature=?" SAS_BODY,
-              (struct want){NULL, NULL, SAS_BODY, "https://myacct.blob.core.windows.net"});
+              (struct want){"myacct", NULL, SAS_BODY, "https://myacct.blob.core.windows.net"});
     expect_ok("BlobEndpoint=https://myacct.blob.core.windows.net;SharedAccessSignature=" SAS_BODY,
-              (struct want){NULL, NULL, SAS_BODY, "https://myacct.blob.core.windows.net"});
+              (struct want){"myacct", NULL, SAS_BODY, "https://myacct.blob.core.windows.net"});
     /* SAS with an account name instead of an endpoint. */
     expect_ok("AccountName=myacct;SharedAccessSignature=?" SAS_BODY,
               (struct want){"myacct", NULL, SAS_BODY, "https://myacct.blob.core.windows.net"});
@@ -141,7 +165,7 @@ static void test_case_insensitive_keys(void **state)
               "defaultendpointsprotocol=http",
               (struct want){"MyAcct", KEY, NULL, "http://MyAcct.blob.core.windows.net"});
     expect_ok("blobendpoint=http://h:1/x;sharedaccesssignature=" SAS_BODY,
-              (struct want){NULL, NULL, SAS_BODY, "http://h:1/x"});
+              (struct want){"x", NULL, SAS_BODY, "http://h:1/x"});
 }
 
 static void test_empty_segments_and_unknown_keys(void **state)
@@ -210,6 +234,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_account_key),
         cmocka_unit_test(test_blob_endpoint),
+        cmocka_unit_test(test_account_from_endpoint),
         cmocka_unit_test(test_sas),
         cmocka_unit_test(test_development_storage),
         cmocka_unit_test(test_case_insensitive_keys),
