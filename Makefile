@@ -48,13 +48,12 @@ build-tsan:
 # ThreadSanitizer on the shim's threads: the unit tests, then the integration tests whose
 # shim runs many blob_read threads at once (concurrent direct reads, the token cache, and
 # the shim's adversarial cases: agent refusal, token single-flight, delegation, HTTP route).
-# The first report fails the test (halt_on_error); tests/tsan.supp names known races outside
-# the shim.
+# The first report fails the test (halt_on_error); there are no suppressions.
 TSAN_TESTS ?= ^(integration_direct_(tokencache|concurrency)|sec_shim_.*)$$
 test-tsan: build-tsan
-	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(abspath tests/tsan.supp) \
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --test-dir $(BUILD_TSAN) --output-on-failure -L unit
-	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(abspath tests/tsan.supp) \
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --test-dir $(BUILD_TSAN) --output-on-failure --timeout 900 -R '$(TSAN_TESTS)'
 
 # The agent, adversarial and shim integration tests with every binary (agent, shim, reader)

@@ -239,11 +239,12 @@ static void *conn_main(void *arg)
         last_ns = bs_now_ns();
     }
     close(c->fd);
+    /* Last use of u: once the count drops, bs_unixsrv_destroy may free it. */
+    bs_metric_add(u->m_conns, NULL, -1);
     pthread_mutex_lock(&u->lock);
     peer_release_locked(u, c->peer);
     pthread_cond_broadcast(&u->idle);
     pthread_mutex_unlock(&u->lock);
-    bs_metric_add(u->m_conns, NULL, -1);
     free(c);
     return NULL;
 }
@@ -326,14 +327,14 @@ static void *accept_main(void *arg)
             c->peer = key;
             c->born_ns = bs_now_ns();
         }
+        bs_metric_add(u->m_conns, NULL, 1); /* before the thread can take it back */
         if (!c || pthread_create(&th, &attr, conn_main, c) != 0) {
+            bs_metric_add(u->m_conns, NULL, -1);
             free(c);
             pthread_mutex_lock(&u->lock);
             peer_release_locked(u, key);
             pthread_mutex_unlock(&u->lock);
             refuse(u, fd, "no_thread", uid, pid);
-        } else {
-            bs_metric_add(u->m_conns, NULL, 1);
         }
         pthread_attr_destroy(&attr);
     }
