@@ -607,6 +607,12 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         sl[i].sock = -1;
         char err[128];
         struct bs_fetch_req *f = &sl[i].req;
+        if (f->curl_code == CURLE_OK && f->status == 503) {
+            /* At its per-client limit (or draining): busy, not broken. Azure serves this
+             * range; the breaker stays closed, as for the Unix route's busy frame. */
+            count(&c->n_busy);
+            continue;
+        }
         if (f->curl_code != CURLE_OK || f->status != 200) {
             count(f->curl_code == CURLE_OPERATION_TIMEDOUT ? &c->n_timeouts : &c->n_unreachable);
             transport_failed = 1;

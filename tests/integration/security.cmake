@@ -39,6 +39,7 @@ set(BS_SEC_CASES_SHIM      # shim.sh: fake agent, narrow delegation, deadlines
   shim_read_explains 90
   shim_agent_deadlines 120
   shim_parallel_misses 120
+  shim_http_busy 90
 )
 
 set(BS_SEC_CASES ${BS_SEC_CASES_FILL} ${BS_SEC_CASES_STORE} ${BS_SEC_CASES_CONN}

@@ -270,3 +270,20 @@ herd_agent() {
     "${READ_ENV[@]}" "$BS_AGENT_HERD" "$BS_SHIM_LIB" "$ACCOUNT" data "$@" >"$T/$label.out" 2>&1 ||
     fail "agent_herd $label: $(tail -n 2 "$T/$label.out")"
 }
+
+# An agent at its per-client HTTP limit answers 503: busy, not broken. The shim reads those
+# ranges from Azure and keeps asking the agent (no breaker trip), as for the Unix route's busy
+# frame. One connection per client IP is allowed; the shim's second pooled connection gets 503.
+case_shim_http_busy() {
+  local size=$((32 * MIB))
+  upload https data sec-shim-busy.bin 68 "$size"
+  agent_start a --max-clients-per-peer=1
+  load busy sharedkey "$(agent_http a)" data sec-shim-busy.bin "$size" 68 \
+    --threads 2 --chunk-bytes $((4 * MIB))
+  grep -q 'time(s) the agent was at its connection limit' "$T/busy.out" ||
+    fail "no 503 reached the shim (the case proves nothing): $(grep -m1 '^blobswarm-read: agent' "$T/busy.out")"
+  ! grep -q 'event=agent_skipped' "$T/busy.out" ||
+    fail "a 503 tripped the breaker: $(grep -m1 'agent_skipped' "$T/busy.out")"
+  grep -q 'chunk(s) served by the agent' "$T/busy.out" || fail "the agent served nothing"
+  log "ok: $(grep -m1 '^blobswarm-read: agent' "$T/busy.out")"
+}
