@@ -631,7 +631,12 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     rep->ncrcs = n;
     memcpy(rep->crcs, crcs, n * sizeof(*crcs));
     reply(rep, st, "%s", "");
-    bs_metric_add(s->m_served, st == BS_CHUNK_HIT ? "local" : "origin", (double)len);
+    /* Count what the caller said it uses (sub_off/sub_len, both routes; an unaligned read
+     * touches two chunks but uses a part of each), else the whole chunk. */
+    uint64_t used = req->sub_len && req->sub_off < len && req->sub_len <= len - req->sub_off
+                        ? req->sub_len
+                        : len;
+    bs_metric_add(s->m_served, st == BS_CHUNK_HIT ? "local" : "origin", (double)used);
 out:
     bs_metric_add(s->m_requests, bs_chunk_status_name(rep->status), 1);
 }
@@ -727,9 +732,10 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
     pthread_mutex_init(&s->verify_lock, NULL);
     s->m_requests = bs_metrics_counter(metrics, "blobswarm_agent_chunk_requests_total",
                                        "Chunk requests answered, by status.", "status");
-    s->m_served =
-        bs_metrics_counter(metrics, "blobswarm_agent_served_bytes_total",
-                           "Chunk bytes served to callers, by where they came from.", "source");
+    s->m_served = bs_metrics_counter(
+        metrics, "blobswarm_agent_served_bytes_total",
+        "Chunk bytes served to callers (the part each said it uses), by where they came from.",
+        "source");
     s->m_origin_fetches = bs_metrics_counter(metrics, "blobswarm_agent_origin_fetches_total",
                                              "Chunk fills from Azure, by reason.", "reason");
     s->m_origin_bytes = bs_metrics_counter(metrics, "blobswarm_agent_origin_bytes_total",

@@ -421,6 +421,22 @@ static void tally(struct bs_agentclient *c, const struct bs_chunk_reply *r)
 
 /* Tells the agent chunk q->chunk failed its checksums here: it re-checks access and the
  * chunk itself, and drops it so the next reader refills it. */
+/* The block-aligned part of slot s's chunk the caller will use, as q->sub_off/sub_len: over
+ * HTTP the part sent; over the Unix route (the descriptor covers the whole chunk) what the
+ * agent counts as served. */
+static uint64_t block_guess(struct bs_agentclient *c)
+{
+    uint64_t bs = atomic_load(&c->block_size);
+    return bs ? bs : 65536; /* until hello or a reply tells; a wrong guess only costs a miss */
+}
+
+static void set_wanted(struct bs_chunk_req *q, const struct slot *s, uint64_t bs)
+{
+    q->sub_off = (s->want_lo - s->cstart) / bs * bs;
+    uint64_t end = (s->want_hi - s->cstart + bs - 1) / bs * bs;
+    q->sub_len = (end < s->clen ? end : s->clen) - q->sub_off;
+}
+
 static void report_corrupt(int sock, const struct bs_chunk_req *q, uint64_t deadline_ns)
 {
     char *j = bs_proto_encode_corrupt(q);
@@ -440,6 +456,7 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
     int failed = 0;
     for (size_t i = 0; i < n && !failed; i++) {
         fill_req(q, d, container, blob, etag, sl[i].chunk);
+        set_wanted(q, &sl[i], block_guess(c));
         sl[i].json = bs_proto_encode_req(q);
         int pooled = 0;
         sl[i].sock = sl[i].json ? get_conn(c, deadline_ns, 0, &pooled) : -1;
@@ -570,18 +587,14 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         atomic_fetch_sub(&c->http_buffered, need);
         return;
     }
-    uint64_t bs = atomic_load(&c->block_size);
-    if (!bs)
-        bs = 65536; /* until the first reply tells; a wrong guess only costs a miss */
+    uint64_t bs = block_guess(c);
     static const char *const hdrs[] = {"Content-Type: application/json", "Accept:", "Expect:"};
     struct curl_slist *headers = NULL;
     for (size_t i = 0; i < sizeof(hdrs) / sizeof(hdrs[0]); i++)
         headers = curl_slist_append(headers, hdrs[i]);
     for (size_t i = 0; i < n; i++) {
         fill_req(q, d, container, blob, etag, sl[i].chunk);
-        q->sub_off = (sl[i].want_lo - sl[i].cstart) / bs * bs;
-        uint64_t end = (sl[i].want_hi - sl[i].cstart + bs - 1) / bs * bs;
-        q->sub_len = (end < sl[i].clen ? end : sl[i].clen) - q->sub_off;
+        set_wanted(q, &sl[i], bs);
         sl[i].json = bs_proto_encode_req(q);
         sl[i].body = malloc(q->sub_len ? q->sub_len : 1);
         sl[i].meta = malloc(META_MAX);

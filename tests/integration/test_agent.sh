@@ -85,6 +85,12 @@ case_cold_warm() {
   load warm-unaligned sharedkey "$(agent_sock a)" data "$blob" "$size" 21 \
     --chunk-bytes 3000017 --threads 5
   expect_eq "warm unaligned: ranged GETs at the origin" "$(proxy_stat rangedGets)" 0
+  # Served bytes are the bytes used, not the chunks touched: each of the 15 pieces uses a
+  # part of at most 2 chunks, each part rounded out to at most 2 extra 64 KiB blocks.
+  snap a 3
+  expect_ge "warm unaligned: bytes served" "$(mdelta 2 3 "$SERVED_LOCAL")" "$size"
+  expect_le "warm unaligned: bytes served" "$(mdelta 2 3 "$SERVED_LOCAL")" \
+    $((size + 15 * 2 * 2 * 65536))
 }
 
 case_restart() {
