@@ -29,12 +29,13 @@ struct bs_azcred {
     _Atomic enum bs_auth_kind kind;
     atomic_int anon_fallback;
     char desc[160];
-    char *endpoint;      /* base URL template ("{account}" replaced), or NULL */
-    char suffix[256];    /* host suffix when there is no endpoint */
-    char *fixed_account; /* from the connection string: overrides the caller's account */
-    char *env_account;   /* AZURE_STORAGE_ACCOUNT_NAME */
-    char *key;           /* base64 account key */
-    char *sas;           /* SAS query without '?' */
+    char *endpoint;        /* base URL template ("{account}" replaced), or NULL */
+    char suffix[256];      /* host suffix when there is no endpoint */
+    char *fixed_account;   /* from the connection string: overrides the caller's account */
+    char *env_account;     /* AZURE_STORAGE_ACCOUNT_NAME */
+    char *key;             /* base64 account key */
+    char *sas;             /* SAS query without '?' */
+    char sas_problem[160]; /* why an agent would refuse this SAS (common/sas.c), or "" */
     struct bs_token_source *tok;
     char *static_token; /* a delegated bearer token */
     int imds_guess;     /* tok is the IMDS guess of an unconfigured process */
@@ -173,6 +174,12 @@ struct bs_azcred *bs_azcred_from_env(const struct bs_azcred_opts *opts, char *er
         snprintf(err, errsz, "out of memory");
         goto out_fail;
     }
+    /* Checked once: an agent takes only SAS fields it knows (common/sas.c). A SAS it would
+     * refuse is still ours to use with Azure, but is not delegated (no agent round trip and
+     * refusal per chunk). */
+    if (c->kind == BS_AUTH_SAS &&
+        bs_sas_parse(c->sas, NULL, 0, NULL, c->sas_problem, sizeof(c->sas_problem)) == 0)
+        c->sas_problem[0] = '\0';
     return c;
 
 out_fail:
@@ -453,6 +460,10 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
         /* The user's own SAS cannot be narrowed without a key: it is handed over as it is,
          * and only to an agent whose socket owner was verified (or one named explicitly). */
         d->kind = BS_AUTH_SAS;
+        if (c->sas_problem[0]) {
+            snprintf(err, errsz, "the SAS cannot be delegated: %s", c->sas_problem);
+            return -EINVAL;
+        }
         if (strlen(c->sas) >= sizeof(d->secret)) {
             snprintf(err, errsz, "SAS token too long to delegate");
             return -EINVAL;

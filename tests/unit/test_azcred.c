@@ -96,6 +96,12 @@ static void test_own_sas_verbatim(void **state)
     assert_string_equal(r.url, "http://127.0.0.1:1/devstoreaccount1/data/x?"
                                "sv=2021-12-02&SE=2030-01-01&newfield=1&sp=r&sig=a+b");
     curl_slist_free_all(r.headers);
+    /* An agent would refuse it (unknown field, upper-case name): it is not delegated. */
+    struct bs_delegation d;
+    assert_int_equal(
+        bs_azcred_delegate(c, "devstoreaccount1", "data", "x", 600, &d, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "cannot be delegated"));
+    assert_null(strstr(err, "sig="));
     bs_azcred_destroy(c);
     unsetenv("AZURE_STORAGE_SAS_TOKEN");
 }

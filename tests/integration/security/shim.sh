@@ -228,9 +228,10 @@ case_shim_agent_deadlines() {
   fake_start slower "$(id -u)" --answer-ms 10000 --delay-ms 4000
   READ_ENV=(BLOBSWARM_AGENT_UID="$(id -u)" BLOBSWARM_DEADLINE_MS=1500)
   t0=$(date +%s%N)
-  load_rc late sharedkey "$(agent_sock slower)" data sec-shim-deadline.bin "$MIB" 67 --threads 1 || true
+  # The agent gets half of the deadline; Azure completes the read in the other half.
+  load late sharedkey "$(agent_sock slower)" data sec-shim-deadline.bin "$MIB" 67 --threads 1
   ms=$((($(date +%s%N) - t0) / 1000000))
-  log "blob_read with a 1.5 s deadline and a 4 s agent: returned after $ms ms (exit $LOAD_RC)"
+  log "blob_read with a 1.5 s deadline and a 4 s agent: completed after $ms ms"
   # blobswarm-read's own start and the shim's set-up take well under a second.
   expect_le "ms until a 1.5 s-deadline read returned" "$ms" 3500
 }
