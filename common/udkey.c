@@ -19,7 +19,8 @@
 
 #define UDK_MAX_RESPONSE (16 * 1024)
 /* A key is requested for this long and replaced once it would not outlive a new SAS. */
-#define UDK_LIFETIME_S (6 * 3600)
+#define UDK_LIFETIME_S     (6 * 3600)
+#define UDK_MAX_LIFETIME_S (7 * 86400) /* Azure refuses a user delegation key beyond 7 days */
 /* After a failed key request nobody asks again for a jittered [1/2, 1] of this; after a
  * refusal (401/403: the identity may not get keys) of UDK_DENIED_RETRY_MS. */
 #define UDK_RETRY_MS        2000u
@@ -169,14 +170,19 @@ static size_t body_write(char *data, size_t sz, size_t n, void *ud)
     return len;
 }
 
-/* Requests a key valid [now - 5 min, now + UDK_LIFETIME_S] (no lock held). */
+/* Requests a key valid from now - 5 min for UDK_LIFETIME_S, or longer when a SAS must live
+ * until `need` (a long BLOBSWARM_DELEGATE_WINDOW_S), up to Azure's 7 days (no lock held). */
 static int fetch_key(const struct bs_udkey_cache *k, const char *base_url, const char *token,
-                     struct bs_udkey *out, char *err, size_t errsz)
+                     time_t need, struct bs_udkey *out, char *err, size_t errsz)
 {
     char url[1200], st[64], se[64], xml[256], date[64];
-    time_t now = time(NULL);
+    time_t now = time(NULL), until = now + UDK_LIFETIME_S;
+    if (until < need + UDK_LIFETIME_S / 6)
+        until = need + UDK_LIFETIME_S / 6;
+    if (until > now + UDK_MAX_LIFETIME_S)
+        until = now + UDK_MAX_LIFETIME_S;
     iso8601(now - 300, st, sizeof(st));
-    iso8601(now + UDK_LIFETIME_S, se, sizeof(se));
+    iso8601(until, se, sizeof(se));
     snprintf(xml, sizeof(xml),
              "<?xml version=\"1.0\" encoding=\"utf-8\"?><KeyInfo><Start>%s</Start>"
              "<Expiry>%s</Expiry></KeyInfo>",
@@ -347,7 +353,7 @@ int bs_udkey_blob_sas(struct bs_udkey_cache *k, const char *base_url, const char
 
     struct bs_udkey key;
     char ferr[300] = "";
-    int rc = fetch_key(k, base_url, token, &key, ferr, sizeof(ferr));
+    int rc = fetch_key(k, base_url, token, expiry, &key, ferr, sizeof(ferr));
     time_t kexp = rc == 0 ? parse_iso8601(key.expiry) : 0;
     if (rc == 0 && kexp < expiry) {
         snprintf(ferr, sizeof(ferr), "user delegation key expires before the SAS would");

@@ -149,6 +149,14 @@ case_shim_narrow_delegation() {
     esac
     log "ok: $mode delegates $kind ($(echo "$secret" | tr '&' '\n' | cut -d= -f1 | tr '\n' ' '))"
   done
+  # The longest delegation window (1 day: each SAS lives up to 2 days) still gets a user
+  # delegation key that outlives the SAS, so bearer identities still delegate.
+  : >"$T/narrow/record"
+  READ_ENV=(BLOBSWARM_AGENT_UID="$(id -u)" BLOBSWARM_DELEGATE_WINDOW_S=86400)
+  load narrow-long-window client-secret "$(agent_sock narrow)" data sec-shim-narrow.bin "$size" 63
+  grep -q '"op\\":\\"chunk.*skoid=' "$T/narrow/record" ||
+    fail "a 1-day window: no user-delegation SAS reached the agent"
+  log "ok: a 1-day delegation window still delegates a user-delegation SAS"
 }
 
 # The HTTP route must work for every geometry the agent accepts: 64 MiB chunks of 16 KiB
