@@ -96,7 +96,7 @@ static const struct bs_cfg_entry agent_settings[] = {
     {"BLOBSWARM_MAX_GRANTS", BS_CFG_INT, 16, 10000000, "65536", F(max_grants), "grants kept", 0},
     {"BLOBSWARM_MAX_CLIENTS", BS_CFG_INT, 1, 65536, "1024", F(max_clients),
      "connections per listener (Unix socket, HTTP)", 0},
-    {"BLOBSWARM_MAX_CLIENTS_PER_PEER", BS_CFG_INT, 1, 65536, "256", F(max_per_peer),
+    {"BLOBSWARM_MAX_CLIENTS_PER_PEER", BS_CFG_INT, 1, 65536, "512", F(max_per_peer),
      "connections per peer and listener: Unix by uid + cgroup, HTTP by client IP", 0},
     {"BLOBSWARM_CONN_LIFETIME_MS", BS_CFG_MS, 1000, 86400000, "600000", F(conn_lifetime_ms),
      "a connection is closed this long after it was opened (after the request in progress)", 0},
