@@ -57,8 +57,8 @@ struct bs_httpsrv {
     struct bs_metrics *metrics;
     struct bs_store *store;
     struct bs_metric *m_store_bytes, *m_store_budget, *m_store_chunks, *m_store_blobs,
-        *m_evicted_chunks, *m_evicted_bytes, *m_dropped, *m_put_errors, *m_http, *m_inflight,
-        *m_seconds, *m_refused;
+        *m_evicted_chunks, *m_evicted_bytes, *m_dropped, *m_put_errors, *m_store_tenants,
+        *m_protect_errors, *m_http, *m_inflight, *m_seconds, *m_refused;
 };
 
 /* One request's context (MHD's con_cls): the body of a chunk request. */
@@ -134,6 +134,8 @@ static void refresh_store_gauges(struct bs_httpsrv *h)
     bs_metric_set(h->m_evicted_bytes, NULL, (double)st.evicted_bytes);
     bs_metric_set(h->m_dropped, NULL, (double)st.dropped_corrupt);
     bs_metric_set(h->m_put_errors, NULL, (double)st.put_errors);
+    bs_metric_set(h->m_store_tenants, NULL, (double)st.tenants);
+    bs_metric_set(h->m_protect_errors, NULL, (double)st.protect_errors);
 }
 
 static enum MHD_Result serve_metrics(struct bs_httpsrv *h, struct MHD_Connection *c)
@@ -434,6 +436,8 @@ struct bs_httpsrv *bs_httpsrv_create(const struct bs_httpsrv_opts *o, struct bs_
     G(m_store_budget, "blobswarm_store_budget_bytes", "The store's byte budget.");
     G(m_store_chunks, "blobswarm_store_chunks", "Chunks in the store.");
     G(m_store_blobs, "blobswarm_store_blob_versions", "Blob versions with chunks in the store.");
+    G(m_store_tenants, "blobswarm_store_tenants",
+      "Storage endpoints (tenants) with chunks in the store; each is owed an equal share.");
 #undef G
     h->m_evicted_chunks = bs_metrics_counter(metrics, "blobswarm_store_evicted_chunks_total",
                                              "Chunks evicted to stay within the budget.", NULL);
@@ -443,6 +447,11 @@ struct bs_httpsrv *bs_httpsrv_create(const struct bs_httpsrv_opts *o, struct bs_
                                       "Chunk files found truncated or corrupt and deleted.", NULL);
     h->m_put_errors = bs_metrics_counter(metrics, "blobswarm_store_put_errors_total",
                                          "Chunk writes that failed (disk full, I/O).", NULL);
+    h->m_protect_errors = bs_metrics_counter(
+        metrics, "blobswarm_store_protect_errors_total",
+        "Chunk files that could not be made immutable (served, but a root client could alter "
+        "them).",
+        NULL);
     h->m_http = bs_metrics_counter(metrics, "blobswarm_agent_http_requests_total",
                                    "HTTP requests, by endpoint.", "endpoint");
     h->m_inflight = bs_metrics_gauge(metrics, "blobswarm_agent_inflight_requests",
