@@ -61,11 +61,6 @@ const char *bs_name_blob_problem(const char *s)
     return NULL;
 }
 
-int bs_name_blob_ok(const char *s)
-{
-    return bs_name_blob_problem(s) == NULL;
-}
-
 void bs_name_escape(const char *s, char *out, size_t outsz)
 {
     static const char hex[] = "0123456789abcdef";

@@ -18,7 +18,6 @@ int bs_name_container_ok(const char *s);
  * no "." or ".." path segment (HTTP stacks resolve those: "a/../x" would read "x"). Returns
  * NULL when valid, else a short reason (static string, no name in it). */
 const char *bs_name_blob_problem(const char *s);
-int bs_name_blob_ok(const char *s);
 
 /* Writes s for a log line or a message into out (always NUL-terminated when outsz > 0):
  * printable ASCII except '"' and '\\' as is, every other byte as \xNN, cut with "..." when

@@ -247,11 +247,3 @@ int bs_sas_parse(const char *sas, char *out, size_t outsz, struct bs_sas_info *i
         out[0] = '\0'; /* never half a query */
     return rc;
 }
-
-int64_t bs_sas_expiry(const char *sas)
-{
-    struct bs_sas_info info;
-    if (bs_sas_parse(sas, NULL, 0, &info, NULL, 0) != 0)
-        return 0;
-    return info.expiry;
-}

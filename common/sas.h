@@ -23,9 +23,6 @@ struct bs_sas_info {
 int bs_sas_parse(const char *sas, char *out, size_t outsz, struct bs_sas_info *info, char *err,
                  size_t errsz);
 
-/* se= of a SAS, decoded, as Unix seconds; 0 when the SAS is invalid or has no se. */
-int64_t bs_sas_expiry(const char *sas);
-
 /* An ISO 8601 UTC time as Azure accepts it in se/st: YYYY-MM-DD, YYYY-MM-DDThh:mmZ,
  * YYYY-MM-DDThh:mm:ssZ or YYYY-MM-DDThh:mm:ss.fffffffZ. 0 and *out, or -EINVAL. */
 int bs_sas_time(const char *s, int64_t *out);

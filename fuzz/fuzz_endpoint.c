@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     (void)bs_name_account_ok(account);
     (void)bs_name_container_ok(container);
-    if (bs_name_blob_ok(blob)) {
+    if ((bs_name_blob_problem(blob) == NULL)) {
         if (!*blob || strlen(blob) > BS_NAME_BLOB_MAX || strstr(blob, "/../") ||
             strncmp(blob, "../", 3) == 0 || strcmp(blob, "..") == 0 || strchr(blob, '\\'))
             abort();

@@ -2,7 +2,7 @@
  * Checks that a parse never crashes or overruns, that a refused SAS leaves no output, that
  * an accepted SAS has a signature and an se or si, that its canonical form parses to itself
  * with the same expiry (what is sent is what was checked), and that the expiry agrees with
- * bs_sas_expiry and bs_sas_time. */
+ * bs_sas_time. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,8 +25,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         if (bs_sas_parse(out, again, sizeof(again), &info2, err, sizeof(err)) != 0 ||
             strcmp(out, again) != 0 || info.expiry != info2.expiry || info.has_si != info2.has_si)
-            abort();
-        if (bs_sas_expiry(s) != info.expiry)
             abort();
         /* A tight buffer either fits exactly or says so. */
         size_t n = strlen(out);

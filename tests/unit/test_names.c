@@ -65,16 +65,16 @@ static void test_blobs(void **state)
         if (bs_name_blob_problem(ok[i]))
             fail_msg("blob \"%s\" refused: %s", ok[i], bs_name_blob_problem(ok[i]));
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (bs_name_blob_ok(bad[i]))
+        if ((bs_name_blob_problem(bad[i]) == NULL))
             fail_msg("blob \"%s\" accepted", bad[i]);
-    assert_false(bs_name_blob_ok(NULL));
+    assert_false((bs_name_blob_problem(NULL) == NULL));
     char longname[BS_NAME_BLOB_MAX + 2];
     memset(longname, 'a', sizeof(longname));
     longname[BS_NAME_BLOB_MAX] = '\0';
-    assert_true(bs_name_blob_ok(longname));
+    assert_true((bs_name_blob_problem(longname) == NULL));
     longname[BS_NAME_BLOB_MAX] = 'a';
     longname[BS_NAME_BLOB_MAX + 1] = '\0';
-    assert_false(bs_name_blob_ok(longname));
+    assert_false((bs_name_blob_problem(longname) == NULL));
 }
 
 static void test_escape(void **state)

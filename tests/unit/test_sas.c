@@ -48,7 +48,6 @@ static void test_valid_service_sas(void **state)
     /* Canonical: unreserved as is, the rest %XX in upper case; order kept. */
     assert_string_equal(out, "sv=2021-12-02&sr=b&sp=r&st=2029-01-01T00%3A00%3A00Z&"
                              "se=2030-01-02T03%3A04%3A05Z&spr=https&sig=SECRETsig%2Bx%2Fy%3D");
-    assert_int_equal(bs_sas_expiry(SVC), SE_EPOCH);
 }
 
 static void test_canonical_encoding(void **state)
@@ -76,7 +75,8 @@ static void test_hidden_expiry(void **state)
     assert_int_equal(info.expiry, 1577836800);
     assert_int_equal(parse("%73%65=2020-01-01&" SIG, NULL, 0, &info, err), 0);
     assert_int_equal(info.expiry, 1577836800);
-    assert_int_equal(bs_sas_expiry("sv=1&%73e=2020-01-01&" SIG), 1577836800);
+    assert_int_equal(parse("sv=1&%73e=2020-01-01&" SIG, NULL, 0, &info, err), 0);
+    assert_int_equal(info.expiry, 1577836800);
 }
 
 static void test_operation_fields_refused(void **state)
