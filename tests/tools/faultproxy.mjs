@@ -12,7 +12,8 @@
 //   POST /__fault   body: a rule (JSON), replaces the current one; {"kind":"none"} clears
 //   GET  /__fault   the current rule and how many faults it has left
 //   GET  /__stats   {"requests":N,"byMethod":{...},"blobGets":N,"rangedGets":N,
-//                    "faults":{"status":N,...},"injected":N}
+//                    "faults":{"status":N,...},"injected":N,
+//                    "inflight":N,"maxInflight":N}   (requests open now / at most at once)
 //   POST /__stats/reset
 // Rules (count: how many matching requests get the fault, default 1; methods: default
 // ["GET"]; match: optional substring the decoded path must contain):
@@ -59,10 +60,12 @@ const KINDS = ['none', 'status', 'reset', 'truncate', 'stall', 'rewrite'];
 let rule = { kind: 'none' };
 let left = 0;
 let stats;
+let inflight = 0;
 function resetStats() {
   stats = {
     requests: 0, byMethod: {}, blobGets: 0, rangedGets: 0, heads: 0,
     faults: { status: 0, reset: 0, truncate: 0, stall: 0, rewrite: 0 }, injected: 0,
+    inflight, maxInflight: inflight,
   };
 }
 resetStats();
@@ -322,6 +325,9 @@ const server = http.createServer((req, res) => {
     return;
   }
   stats.requests++;
+  stats.inflight = ++inflight;
+  stats.maxInflight = Math.max(stats.maxInflight, inflight);
+  res.once('close', () => { stats.inflight = --inflight; });
   stats.byMethod[req.method] = (stats.byMethod[req.method] ?? 0) + 1;
   if (req.method === 'HEAD') stats.heads++;
   if (req.method === 'GET') {
