@@ -13,7 +13,7 @@
 #include <openssl/evp.h>
 
 #include "azcred.h"
-#include "fetch.h"
+#include "clock.h"
 #include "sas.h"
 
 #define JWT_PAYLOAD_MAX 8192 /* base64url characters of a token's payload */

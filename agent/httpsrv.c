@@ -22,6 +22,7 @@
 #include <microhttpd.h>
 
 #include "agentproto.h"
+#include "clock.h"
 #include "fetch.h"
 #include "log.h"
 #include "metrics.h"

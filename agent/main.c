@@ -19,6 +19,7 @@
 
 #include "agentproto.h"
 #include "blobreader.h"
+#include "clock.h"
 #include "config.h"
 #include "fetch.h"
 #include "httpsrv.h"

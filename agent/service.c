@@ -15,6 +15,7 @@
 
 #include "azcred.h"
 #include "blobreader.h"
+#include "clock.h"
 #include "fetch.h"
 #include "grants.h"
 #include "log.h"
@@ -284,22 +285,6 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Waits on cv until *flag is set or the absolute CLOCK_MONOTONIC deadline passes. Under the
- * mutex. Returns 0 or ETIMEDOUT. */
-static int wait_until(pthread_cond_t *cv, pthread_mutex_t *m, uint64_t deadline_ns)
-{
-    uint64_t now = bs_now_ns();
-    if (now >= deadline_ns)
-        return ETIMEDOUT;
-    /* The condition variables use CLOCK_REALTIME (default attributes): convert the rest. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (deadline_ns - now);
-    ts.tv_sec += (time_t)(ns / 1000000000ull);
-    ts.tv_nsec = (long)(ns % 1000000000ull);
-    return pthread_cond_timedwait(cv, m, &ts);
-}
-
 /* Starts (or joins) the fill of one chunk and waits for it until wait_end_ns (absolute,
  * monotonic). Returns 0 when the chunk is in the store, -ETIMEDOUT, -EAGAIN (queue full) or
  * the fill's error (message in err). The fill goes on after a timeout. */
@@ -362,7 +347,7 @@ static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
         j->len = len;
         j->refs = 1; /* the worker's */
         j->tenant = t;
-        pthread_cond_init(&j->cv, NULL);
+        bs_cond_init(&j->cv);
         j->hnext = s->map[b];
         s->map[b] = j;
         if (t->qtail)
@@ -378,7 +363,7 @@ static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
     j->refs++;
     int rc = 0;
     while (!j->done && rc == 0)
-        rc = wait_until(&j->cv, &s->lock, wait_end_ns);
+        rc = bs_cond_wait_until(&j->cv, &s->lock, wait_end_ns);
     if (j->done) {
         rc = j->rc;
         if (rc)
@@ -471,7 +456,7 @@ static int begin_check(struct bs_service *s, const unsigned char key[32], uint64
     for (int i = 0; i < MAX_CHECKS; i++) {
         if (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0) {
             while (s->checking[i].used && memcmp(s->checking[i].key, key, 32) == 0)
-                if (wait_until(&s->check_cv, &s->lock, end_ns) != 0)
+                if (bs_cond_wait_until(&s->check_cv, &s->lock, end_ns) != 0)
                     break;
             pthread_mutex_unlock(&s->lock);
             return -2;
@@ -728,7 +713,7 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
     s->grants = bs_grants_create(o->max_grants, o->grant_ttl_ms);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->work_cv, NULL);
-    pthread_cond_init(&s->check_cv, NULL);
+    bs_cond_init(&s->check_cv);
     pthread_mutex_init(&s->verify_lock, NULL);
     s->m_requests = bs_metrics_counter(metrics, "blobswarm_agent_chunk_requests_total",
                                        "Chunk requests answered, by status.", "status");

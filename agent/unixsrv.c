@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "agentproto.h"
-#include "fetch.h"
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "service.h"
@@ -400,7 +400,7 @@ struct bs_unixsrv *bs_unixsrv_create(const struct bs_unixsrv_opts *o, struct bs_
     u->svc = svc;
     snprintf(u->path, sizeof(u->path), "%s", o->path);
     pthread_mutex_init(&u->lock, NULL);
-    pthread_cond_init(&u->idle, NULL);
+    bs_cond_init(&u->idle);
     u->m_conns = bs_metrics_gauge(metrics, "blobswarm_agent_unix_connections",
                                   "Open connections on the Unix socket.", NULL);
     u->m_inflight = bs_metrics_gauge(metrics, "blobswarm_agent_inflight_requests",
@@ -455,15 +455,11 @@ int bs_unixsrv_destroy(struct bs_unixsrv *u, long drain_ms)
         close(u->lfd);
         unlink(u->path);
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)drain_ms * 1000000ull;
-    ts.tv_sec += (time_t)(ns / 1000000000ull);
-    ts.tv_nsec = (long)(ns % 1000000000ull);
+    uint64_t end_ns = bs_now_ns() + (uint64_t)drain_ms * BS_NS_PER_MS;
     pthread_mutex_lock(&u->lock);
     atomic_store(&u->stop, 1);
     while (u->conns > 0)
-        if (pthread_cond_timedwait(&u->idle, &u->lock, &ts) == ETIMEDOUT)
+        if (bs_cond_wait_until(&u->idle, &u->lock, end_ns) == ETIMEDOUT)
             break;
     int left = u->conns;
     pthread_mutex_unlock(&u->lock);

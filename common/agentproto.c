@@ -15,7 +15,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
-#include "fetch.h" /* bs_now_ns */
+#include "clock.h"
 
 static const char *const status_names[] = {"hit", "filled", "miss", "denied", "error"};
 /* The wire name of a delegated credential kind; NULL for a kind that is never delegated

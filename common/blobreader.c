@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 
 #include "azcred.h"
+#include "clock.h"
 #include "fetch.h"
 #include "log.h"
 #include "names.h"
@@ -105,23 +106,12 @@ static void fail(char *err, size_t errsz, const struct target *t, const char *fm
              t->account && *t->account ? t->account : "-");
 }
 
-static uint64_t next_random(void)
-{
-    static __thread uint64_t s;
-    if (!s)
-        s = bs_now_ns() ^ (uint64_t)(uintptr_t)&s;
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-}
-
 static uint64_t backoff_ms(const struct bs_blobreader *r, int attempt, long retry_after_ms)
 {
     uint64_t cap = (uint64_t)r->o.retry_base_ms << (attempt < 20 ? attempt : 20);
     if (cap > (uint64_t)r->o.retry_max_ms)
         cap = (uint64_t)r->o.retry_max_ms;
-    uint64_t d = cap ? next_random() % (cap + 1) : 0; /* full jitter */
+    uint64_t d = cap ? bs_random() % (cap + 1) : 0; /* full jitter */
     if (retry_after_ms >= 0 && (uint64_t)retry_after_ms > d)
         d = (uint64_t)retry_after_ms;
     return d;

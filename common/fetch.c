@@ -15,6 +15,8 @@
 
 #include <curl/curl.h>
 
+#include "clock.h"
+
 enum { REQ_NEW, REQ_QUEUED, REQ_RUNNING, REQ_DONE };
 
 #define RECV_BUFFER (256 * 1024)
@@ -50,25 +52,14 @@ struct bs_fetch {
     atomic_uint cancel_gen;
 };
 
-uint64_t bs_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int bs_fetch_batch_init(struct bs_fetch_batch *b)
 {
     b->pending = 0;
     struct batch_sync *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&s->m, NULL);
-    pthread_cond_init(&s->c, &ca);
-    pthread_condattr_destroy(&ca);
+    bs_cond_init(&s->c);
     b->sync_ = s;
     return 0;
 }
@@ -481,12 +472,10 @@ int bs_fetch_submit(struct bs_fetch *f, struct bs_fetch_batch *b, struct bs_fetc
 int bs_fetch_wait(struct bs_fetch *f, struct bs_fetch_batch *b, uint64_t deadline_ns)
 {
     struct batch_sync *s = b->sync_;
-    struct timespec ts = {(time_t)(deadline_ns / 1000000000ull),
-                          (long)(deadline_ns % 1000000000ull)};
     int rc = 0;
     pthread_mutex_lock(&s->m);
     while (b->pending > 0) {
-        if (pthread_cond_timedwait(&s->c, &s->m, &ts) == ETIMEDOUT && b->pending > 0) {
+        if (bs_cond_wait_until(&s->c, &s->m, deadline_ns) == ETIMEDOUT && b->pending > 0) {
             rc = -ETIMEDOUT;
             break;
         }

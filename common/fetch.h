@@ -72,8 +72,6 @@ int bs_fetch_submit(struct bs_fetch *f, struct bs_fetch_batch *b, struct bs_fetc
  * write into a request's dst. Returns 0, or -ETIMEDOUT when it had to cancel. */
 int bs_fetch_wait(struct bs_fetch *f, struct bs_fetch_batch *b, uint64_t deadline_ns);
 
-uint64_t bs_now_ns(void);
-
 /* Reads one response header line (as curl hands it over: "Name: value\r\n", or a status
  * line, which resets every captured field) into r's out fields. Any bytes are accepted; a
  * value that is malformed or too long leaves its field unset. Exposed for the fuzz target. */

@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 
+#include "clock.h"
 #include "fetch.h" /* bs_now_ns */
 #include "log.h"
 #include "sharedkey.h"
@@ -143,11 +144,7 @@ static struct bs_token_source *source_new(enum bs_token_kind kind, const char *n
     if (s->opts.total_timeout_ms <= 0)
         s->opts.total_timeout_ms = 30000;
     pthread_mutex_init(&s->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->done, &ca);
-    pthread_condattr_destroy(&ca);
+    bs_cond_init(&s->done);
     return s;
 }
 
@@ -462,17 +459,6 @@ static int usable(const struct bs_token_source *s, time_t now)
            now < s->expires_on - (quarter < TOKEN_MIN_LEFT_S ? quarter : TOKEN_MIN_LEFT_S);
 }
 
-static uint64_t token_random(void)
-{
-    static __thread uint64_t x;
-    if (!x)
-        x = bs_now_ns() ^ (uint64_t)(uintptr_t)&x;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-}
-
 /* Lock held: records the outcome of a fetch and wakes the callers waiting for it. */
 static void fetch_done(struct bs_token_source *s, int rc, char *tok, time_t exp, time_t now,
                        const char *err)
@@ -496,7 +482,7 @@ static void fetch_done(struct bs_token_source *s, int rc, char *tok, time_t exp,
         uint64_t cap = f == 0 ? 0 : (uint64_t)TOKEN_RETRY_BASE_MS << (f - 1);
         if (cap > TOKEN_RETRY_MAX_MS)
             cap = TOKEN_RETRY_MAX_MS;
-        uint64_t wait_ms = cap / 2 + token_random() % (cap / 2 + 1);
+        uint64_t wait_ms = cap / 2 + bs_random() % (cap / 2 + 1);
         s->failures++;
         s->retry_at_ns = bs_now_ns() + wait_ms * 1000000ull;
         snprintf(s->last_err, sizeof(s->last_err), "%s", err);
@@ -611,10 +597,8 @@ int bs_token_get(struct bs_token_source *s, char *out, size_t outsz, char *err, 
         }
         /* Someone fetches: wait for that result, bounded. */
         uint64_t gen = s->generation;
-        struct timespec ts = {(time_t)(wait_until / 1000000000ull),
-                              (long)(wait_until % 1000000000ull)};
         while (s->fetching && s->generation == gen) {
-            if (pthread_cond_timedwait(&s->done, &s->lock, &ts) == ETIMEDOUT)
+            if (bs_cond_wait_until(&s->done, &s->lock, wait_until) == ETIMEDOUT)
                 break;
         }
         if (s->generation == gen) {

@@ -13,7 +13,8 @@
 #include <curl/curl.h>
 
 #include "azcred.h" /* BS_AZ_API_VERSION */
-#include "fetch.h"  /* bs_now_ns */
+#include "clock.h"
+#include "fetch.h" /* bs_now_ns */
 #include "log.h"
 #include "sharedkey.h"
 
@@ -53,11 +54,7 @@ struct bs_udkey_cache *bs_udkey_cache_create(const struct bs_token_opts *opts)
     if (k->opts.total_timeout_ms <= 0)
         k->opts.total_timeout_ms = 30000;
     pthread_mutex_init(&k->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&k->done, &ca);
-    pthread_condattr_destroy(&ca);
+    bs_cond_init(&k->done);
     return k;
 }
 
@@ -285,17 +282,6 @@ int bs_udkey_sign(const struct bs_udkey *key, const char *account, const char *c
     return n < 0 || (size_t)n >= outsz ? -ENOSPC : 0;
 }
 
-static uint64_t udk_random(void)
-{
-    static __thread uint64_t x;
-    if (!x)
-        x = bs_now_ns() ^ (uint64_t)(uintptr_t)&x;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return x;
-}
-
 int bs_udkey_blob_sas(struct bs_udkey_cache *k, const char *base_url, const char *account,
                       const char *container, const char *blob, const char *token,
                       time_t window_start, long window_s, char *out, size_t outsz, char *err,
@@ -322,10 +308,8 @@ int bs_udkey_blob_sas(struct bs_udkey_cache *k, const char *base_url, const char
         }
         if (k->fetching) {
             unsigned gen = k->generation;
-            struct timespec ts = {(time_t)(wait_until / 1000000000ull),
-                                  (long)(wait_until % 1000000000ull)};
             while (k->fetching && k->generation == gen)
-                if (pthread_cond_timedwait(&k->done, &k->lock, &ts) == ETIMEDOUT)
+                if (bs_cond_wait_until(&k->done, &k->lock, wait_until) == ETIMEDOUT)
                     break;
             if (k->generation == gen) {
                 pthread_mutex_unlock(&k->lock);
@@ -375,7 +359,7 @@ int bs_udkey_blob_sas(struct bs_udkey_cache *k, const char *base_url, const char
     } else {
         snprintf(k->last_err, sizeof(k->last_err), "%s", ferr);
         uint64_t step = rc == -EACCES ? UDK_DENIED_RETRY_MS : UDK_RETRY_MS;
-        k->retry_at_ns = bs_now_ns() + (step / 2 + udk_random() % (step / 2 + 1)) * 1000000ull;
+        k->retry_at_ns = bs_now_ns() + (step / 2 + bs_random() % (step / 2 + 1)) * 1000000ull;
         bs_log(BS_LOG_WARN, "udkey", "event=key_failed msg=\"%s\"", ferr);
     }
     pthread_cond_broadcast(&k->done);

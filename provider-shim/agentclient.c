@@ -21,6 +21,7 @@
 
 #include "agentproto.h"
 #include "azcred.h"
+#include "clock.h"
 #include "crc32c.h"
 #include "fetch.h"
 #include "log.h"

@@ -15,6 +15,7 @@
 #include "azcred.h"
 #include "blobreader.h"
 #include "cache_abi.h"
+#include "clock.h"
 #include "config.h"
 #include "fetch.h"
 #include "log.h"

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "agentproto.h"
+#include "clock.h"
 #include "fetch.h"
 
 #define DEADLINE_NS (30ull * 1000000000ull) /* the whole exchange */
