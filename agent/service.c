@@ -103,9 +103,34 @@ static int match_glob(const char *p, const char *s)
     return *s == '\0';
 }
 
+/* One spelling per origin: lower-case http or https, a lower-case host of [a-z0-9.-] that
+ * does not end in '.', and a port only when it is not the scheme's default, without leading
+ * zeros. The endpoint keys chunks, grants and tenants, so "host:0443" or "HOST" must not
+ * make another tenant, another cache copy or another share of the same origin. */
+static int endpoint_canonical(const char *endpoint)
+{
+    int https = strncmp(endpoint, "https://", 8) == 0;
+    if (!https && strncmp(endpoint, "http://", 7) != 0)
+        return 0;
+    const char *h = endpoint + (https ? 8 : 7), *e = h;
+    while ((*e >= 'a' && *e <= 'z') || (*e >= '0' && *e <= '9') || *e == '.' || *e == '-')
+        e++;
+    if (e == h || e[-1] == '.')
+        return 0;
+    if (*e == ':') {
+        const char *d = ++e;
+        unsigned long port = 0;
+        while (*e >= '0' && *e <= '9' && e - d < 6)
+            port = port * 10 + (unsigned long)(*e++ - '0');
+        if (e == d || *d == '0' || port > 65535 || port == (https ? 443ul : 80ul))
+            return 0;
+    }
+    return *e == '\0' || *e == '/';
+}
+
 int bs_endpoint_allowed(const char *patterns, const char *endpoint, const char *account)
 {
-    if (!patterns || !endpoint || !account || !*account)
+    if (!patterns || !endpoint || !account || !*account || !endpoint_canonical(endpoint))
         return 0;
     /* The endpoint must name the account: https://<account>.host or http://host/<account>. */
     const char *host = strstr(endpoint, "://");

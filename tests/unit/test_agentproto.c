@@ -280,6 +280,17 @@ static void test_endpoint_allow_list(void **state)
         {"http://127.0.0.1:10000/devstoreaccount1/../x", "devstoreaccount1"},
         {"http://127.0.0.1:10000/devstoreaccount1?x=1", "devstoreaccount1"},
         {"https://a.b.blob.core.windows.net", "a"}, /* '*' is one label */
+        /* One spelling per origin: these name an allowed origin in another way, which would
+         * key another cache copy, grant and tenant share of the same blob. */
+        {"http://127.0.0.1:010000/devstoreaccount1", "devstoreaccount1"},
+        {"http://127.0.0.1:0010000/devstoreaccount1", "devstoreaccount1"},
+        {"http://127.0.0.1:80/devstoreaccount1", "devstoreaccount1"},
+        {"https://acct.blob.core.windows.net:443", "acct"},
+        {"https://ACCT.blob.core.windows.net", "acct"},
+        {"https://acct.blob.core.windows.net.", "acct"},
+        {"HTTPS://acct.blob.core.windows.net", "acct"},
+        {"http://127.0.0.1:/devstoreaccount1", "devstoreaccount1"},
+        {"http://127.0.0.1:99999/devstoreaccount1", "devstoreaccount1"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_false(bs_endpoint_allowed(def, bad[i][0], bad[i][1]));
