@@ -82,7 +82,7 @@ static const struct bs_cfg_entry agent_settings[] = {
      "fill workers one storage endpoint may use at once; 0: three quarters of FILL_WORKERS", 0},
     {"BLOBSWARM_FILL_QUEUE_PER_TENANT", BS_CFG_INT, 1, 100000, "64", F(tenant_queue),
      "fills one storage endpoint may have waiting; beyond this its requests get CACHEMISS", 0},
-    {"BLOBSWARM_ANSWER_MS", BS_CFG_MS, 100, 600000, "4000", F(answer_ms),
+    {"BLOBSWARM_ANSWER_MS", BS_CFG_MS, 100, BS_PROTO_MAX_ANSWER_MS, "4000", F(answer_ms),
      "every chunk request is answered within this (access check, HEAD and fill wait "
      "included), CACHEMISS past it; keep it under the shim's BLOBSWARM_AGENT_TIMEOUT_MS",
      0},

@@ -372,10 +372,8 @@ int bs_proto_decode_hello(const char *json, size_t len, struct bs_hello *h, char
     h->block_size = (uint32_t)bs;
     h->version = (int)v;
     json_t *am = json_object_get(j, "answer_ms"); /* optional: older agents do not send it */
-    h->answer_ms =
-        json_is_integer(am) && json_integer_value(am) > 0 && json_integer_value(am) < 3600000
-            ? (uint32_t)json_integer_value(am)
-            : 0;
+    json_int_t a = json_is_integer(am) ? json_integer_value(am) : 0;
+    h->answer_ms = a <= 0 ? 0 : a > BS_PROTO_MAX_ANSWER_MS ? BS_PROTO_MAX_ANSWER_MS : (uint32_t)a;
 out:
     json_decref(j);
     return rc;

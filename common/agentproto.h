@@ -16,6 +16,10 @@
 #define BS_PROTO_MAX_FRAME (64 * 1024)
 #define BS_PROTO_MAX_CRCS  4096
 #define BS_PROTO_META_HDR  "X-Blobswarm-Meta"
+/* The most an agent may announce as its answer time (hello.answer_ms): whoever answers on
+ * the socket announces it, so a shim never waits longer than this (plus a margin) for one
+ * answer, whatever it is told. */
+#define BS_PROTO_MAX_ANSWER_MS 60000
 /* Replies with at most this many block checksums list them as a JSON array ("crc"); longer
  * lists travel as base64 of little-endian uint32s ("crc_b64", 21,848 characters for 4,096),
  * so that the reply fits one HTTP header for every geometry the agent accepts. Decoders take

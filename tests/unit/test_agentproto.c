@@ -260,6 +260,11 @@ static void test_codec_frames(void **state)
     const char *old = "{\"v\":1,\"chunk_size\":8388608,\"block_size\":65536}";
     assert_int_equal(bs_proto_decode_hello(old, strlen(old), &g, err, sizeof(err)), 0);
     assert_int_equal(g.answer_ms, 0);
+    /* Whoever answers announces it: an hour is taken as the protocol's maximum. */
+    const char *hour =
+        "{\"v\":1,\"chunk_size\":8388608,\"block_size\":65536,\"answer_ms\":3599000}";
+    assert_int_equal(bs_proto_decode_hello(hour, strlen(hour), &g, err, sizeof(err)), 0);
+    assert_int_equal(g.answer_ms, BS_PROTO_MAX_ANSWER_MS);
     free(a);
     free(b);
 }
