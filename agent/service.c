@@ -15,6 +15,7 @@
 
 #include "azcred.h"
 #include "blobreader.h"
+#include "chunkio.h"
 #include "clock.h"
 #include "fetch.h"
 #include "grants.h"
@@ -60,6 +61,7 @@ struct bs_service {
     struct bs_blobreader *check_reader;
     struct bs_grants *grants;
 
+    struct bs_log_limit refused_log;
     pthread_mutex_t lock; /* queue, map, jobs' refs/done, stop */
     pthread_cond_t work_cv;
     struct tenant *tenants; /* with fills queued or running */
@@ -420,16 +422,22 @@ static void reply(struct bs_chunk_reply *rep, enum bs_chunk_status st, const cha
 static void refuse(struct bs_service *s, const struct bs_chunk_req *req, struct bs_chunk_reply *rep,
                    enum bs_chunk_status st, const char *reason, const char *detail)
 {
+    reply(rep, st, "%s", detail);
+    bs_metric_add(s->m_refusals, reason, 1);
+    /* Any caller can trigger refusals at will: at most one line a second (the metric counts
+     * every one), formatted only when it is written. */
+    unsigned long long quiet;
+    if (bs_log_threshold < BS_LOG_WARN || !bs_log_allow(&s->refused_log, 1000, &quiet))
+        return;
     char blob[300], container[100], account[40], why[200];
     bs_name_escape(req->blob, blob, sizeof(blob));
     bs_name_escape(req->container, container, sizeof(container));
     bs_name_escape(req->account, account, sizeof(account));
     bs_name_escape(detail, why, sizeof(why));
-    reply(rep, st, "%s", detail);
-    bs_metric_add(s->m_refusals, reason, 1);
     bs_log(BS_LOG_WARN, "service",
-           "event=refused reason=%s account=\"%s\" container=\"%s\" blob=\"%s\" detail=\"%s\"",
-           reason, account, container, blob, why);
+           "event=refused reason=%s account=\"%s\" container=\"%s\" blob=\"%s\" detail=\"%s\" "
+           "not_logged_before=%llu",
+           reason, account, container, blob, why, quiet);
 }
 
 /* Everything that can be decided without Azure: names, endpoint, credential form and
@@ -681,14 +689,7 @@ void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *
     int fd = bs_chunk_ref_open(ref);
     int bad = 0;
     if (buf && fd >= 0) {
-        uint64_t got = 0;
-        while (got < len) {
-            ssize_t r = pread(fd, buf + got, len - got, (off_t)got);
-            if (r <= 0)
-                break;
-            got += (uint64_t)r;
-        }
-        bad = got != len ||
+        bad = bs_pread_full(fd, buf, len, 0) != 0 ||
               bs_chunk_verify(crcs, n, bs_chunk_ref_block_size(ref), len, 0, buf, len) != 0;
     }
     if (fd >= 0)

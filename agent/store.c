@@ -26,6 +26,7 @@
 
 #include <openssl/evp.h>
 
+#include "chunkio.h"
 #include "crc32c.h"
 #include "log.h"
 #include "trailer.h"
@@ -730,22 +731,6 @@ struct scanned {
     struct timespec mtime;
 };
 
-static ssize_t pread_all(int fd, void *buf, size_t n, off_t off)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = pread(fd, (char *)buf + got, n - got, off + (off_t)got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 /* Brings a valid chunk file to what the store writes: mode 0400, immutable when protection is
  * on (files of older versions or of a run without protection). */
 static void settle_file(struct bs_store *s, int fd, const struct stat *st, const char *sub,
@@ -795,7 +780,7 @@ static int load_chunk(struct bs_store *s, int subfd, const char *sub, const char
     unsigned char foot[BS_TRAILER_FOOT];
     uint32_t tlen = 0;
     if (st.st_size < BS_TRAILER_HEAD + BS_TRAILER_FOOT ||
-        pread_all(fd, foot, sizeof(foot), st.st_size - BS_TRAILER_FOOT) != BS_TRAILER_FOOT) {
+        bs_pread_full(fd, foot, sizeof(foot), (uint64_t)(st.st_size - BS_TRAILER_FOOT)) != 0) {
         *why = "shorter than a trailer";
         goto out_close;
     }
@@ -806,7 +791,7 @@ static int load_chunk(struct bs_store *s, int subfd, const char *sub, const char
         rc = -ENOMEM;
         goto out_close;
     }
-    if (pread_all(fd, t, tlen, st.st_size - tlen) != (ssize_t)tlen) {
+    if (bs_pread_full(fd, t, tlen, (uint64_t)(st.st_size - (off_t)tlen)) != 0) {
         *why = "trailer unreadable";
         goto out_free;
     }
@@ -1223,10 +1208,12 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
-/* Writes data + trailer to tmp/ (0600), makes it 0400, fsyncs it, renames it to sub/name,
- * makes it immutable (when protection is on) and fsyncs the directory: after a crash the
- * file is either absent or whole. On failure nothing is left behind; -ENOSPC for a full
- * disk (or quota, or file size limit), -EIO otherwise. */
+/* Writes data + trailer to tmp/ (0600), makes it 0400, flushes it (fdatasync) and only then
+ * renames it to sub/name and makes it immutable (when protection is on): after a crash a
+ * visible chunk file is whole. The rename itself is not made durable (no directory fsync): a
+ * chunk lost in a crash is only a miss that refills, and the fsync cost every cold fill. On
+ * failure nothing is left behind; -ENOSPC for a full disk (or quota, or file size limit),
+ * -EIO otherwise. */
 static int write_chunk_file(struct bs_store *s, const char *tmp, const char *sub, const char *name,
                             const void *data, size_t len, const unsigned char *trailer, size_t tlen,
                             char *err, size_t errsz)
@@ -1242,8 +1229,8 @@ static int write_chunk_file(struct bs_store *s, const char *tmp, const char *sub
     rc = write_all(fd, data, len);
     if (rc == 0)
         rc = write_all(fd, trailer, tlen);
-    if (rc == 0 && (fchmod(fd, FILE_MODE) < 0 || fsync(fd) < 0)) {
-        what = "fsync";
+    if (rc == 0 && (fchmod(fd, FILE_MODE) < 0 || fdatasync(fd) < 0)) {
+        what = "fdatasync";
         rc = -errno;
     }
     if (rc == 0) {
@@ -1261,12 +1248,9 @@ static int write_chunk_file(struct bs_store *s, const char *tmp, const char *sub
         s->protect_errors++;
         pthread_mutex_unlock(&s->lock);
     }
-    if (close(fd) < 0)
+    if (close(fd) < 0) {
         rc = -errno;
-    if (rc == 0 && fsync(subfd) < 0)
-        rc = -errno;
-    if (rc < 0) {
-        what = "fsync of the directory";
+        what = "close";
         remove_entry(s, subfd, name);
     }
 out:
@@ -1424,24 +1408,4 @@ void bs_store_get_stats(struct bs_store *s, struct bs_store_stats *out)
         .protection = s->protection,
     };
     pthread_mutex_unlock(&s->lock);
-}
-
-int bs_chunk_verify(const uint32_t *crcs, uint32_t ncrcs, uint32_t block_size, uint64_t chunk_len,
-                    uint64_t off, const void *data, size_t len)
-{
-    if (block_size == 0 || (block_size & (block_size - 1)) || (!crcs && ncrcs) || (!data && len) ||
-        ncrcs != chunk_len / block_size + (chunk_len % block_size != 0))
-        return -EINVAL;
-    if (off > chunk_len || len > chunk_len - off || off % block_size ||
-        ((off + len) % block_size && off + len != chunk_len))
-        return -EINVAL;
-    const unsigned char *p = data;
-    for (uint64_t i = off / block_size; len; i++) {
-        size_t n = len < block_size ? len : block_size;
-        if (bs_crc32c(0, p, n) != crcs[i])
-            return -EBADMSG;
-        p += n;
-        len -= n;
-    }
-    return 0;
 }

@@ -93,10 +93,4 @@ void bs_store_drop(struct bs_store *s, const struct bs_chunk_key *k);
 
 void bs_store_get_stats(struct bs_store *s, struct bs_store_stats *out);
 
-/* Verifies `len` bytes read from block-aligned offset `off` of a chunk against its CRCs;
- * len must be whole blocks except at the chunk's end (-EINVAL otherwise). Returns 0 or
- * -EBADMSG. */
-int bs_chunk_verify(const uint32_t *crcs, uint32_t ncrcs, uint32_t block_size, uint64_t chunk_len,
-                    uint64_t off, const void *data, size_t len);
-
 #endif

@@ -47,9 +47,9 @@ struct bs_unixsrv {
     atomic_int stop;
     pthread_mutex_t lock;
     pthread_cond_t idle;
-    int conns;                                 /* connection threads alive */
-    int busy;                                  /* requests being answered */
-    uint64_t refused_logged_ns, refused_quiet; /* accept thread only */
+    int conns; /* connection threads alive */
+    int busy;  /* requests being answered */
+    struct bs_log_limit refused_log;
     struct bs_metric *m_conns, *m_seconds, *m_inflight, *m_refused;
 };
 
@@ -253,18 +253,11 @@ static void *conn_main(void *arg)
  * the agent broken), then close. */
 static void refuse(struct bs_unixsrv *u, int fd, const char *reason, unsigned uid, int pid)
 {
-    /* At most one line per LOG_EVERY_MS: a flood must not become a log flood (the metric
-     * counts every one). Only the accept thread gets here. */
-    uint64_t now = bs_now_ns();
-    if (now - u->refused_logged_ns >= LOG_EVERY_MS * 1000000ull) {
+    unsigned long long quiet;
+    if (bs_log_threshold >= BS_LOG_WARN && bs_log_allow(&u->refused_log, LOG_EVERY_MS, &quiet))
         bs_log(BS_LOG_WARN, "unixsrv",
                "event=connection_refused reason=%s uid=%u pid=%d not_logged_before=%llu", reason,
-               uid, pid, (unsigned long long)u->refused_quiet);
-        u->refused_logged_ns = now;
-        u->refused_quiet = 0;
-    } else {
-        u->refused_quiet++;
-    }
+               uid, pid, quiet);
     bs_metric_add(u->m_refused, reason, 1);
     char *busy = bs_proto_encode_busy();
     if (busy)

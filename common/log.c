@@ -5,11 +5,14 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "clock.h"
 
 int bs_log_threshold = BS_LOG_OFF;
 
@@ -30,6 +33,18 @@ int bs_log_parse_level(const char *s, int fallback)
 void bs_log_set_level(int level)
 {
     bs_log_threshold = level;
+}
+
+int bs_log_allow(struct bs_log_limit *l, unsigned every_ms, unsigned long long *quiet)
+{
+    unsigned long long now = bs_now_ns(), next = atomic_load(&l->next_ns);
+    if (now < next || !atomic_compare_exchange_strong(
+                          &l->next_ns, &next, now + (unsigned long long)every_ms * 1000000ull)) {
+        atomic_fetch_add(&l->quiet, 1);
+        return 0;
+    }
+    *quiet = atomic_exchange(&l->quiet, 0);
+    return 1;
 }
 
 void bs_log_emit(int level, const char *component, const char *fmt, ...)

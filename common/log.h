@@ -11,6 +11,15 @@ extern int bs_log_threshold;
 /* Parses "error|warn|info|debug|off" (NULL/empty gives `fallback`). */
 int bs_log_parse_level(const char *s, int fallback);
 void bs_log_set_level(int level);
+
+/* A rate limit for one kind of log line an outsider can trigger at will (refusals): a flood
+ * must not become a log flood; metrics count every event. Zero-initialise. */
+struct bs_log_limit {
+    _Atomic unsigned long long next_ns, quiet;
+};
+/* 1 when a line may be written now (and *quiet gets how many were held back since the last
+ * one), at most one per every_ms; 0 otherwise (counted). Thread-safe. */
+int bs_log_allow(struct bs_log_limit *l, unsigned every_ms, unsigned long long *quiet);
 void bs_log_emit(int level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -21,8 +21,8 @@
 
 #include "agentproto.h"
 #include "azcred.h"
+#include "chunkio.h"
 #include "clock.h"
-#include "crc32c.h"
 #include "fetch.h"
 #include "log.h"
 
@@ -319,17 +319,6 @@ static int reply_matches(const struct bs_chunk_reply *r, const struct slot *s, c
            r->ncrcs == (r->length + r->block_size - 1) / r->block_size;
 }
 
-static int pread_all(int fd, char *p, uint64_t n, uint64_t at)
-{
-    for (uint64_t got = 0; got < n;) {
-        ssize_t k = pread(fd, p + got, n - got, (off_t)(at + got));
-        if (k <= 0)
-            return -EIO;
-        got += (uint64_t)k;
-    }
-    return 0;
-}
-
 /* Copies the wanted part of a chunk into buf, block by block, each block checked against its
  * CRC before a byte of it counts. Source: descriptor (fd >= 0, chunk data at offset 0) or
  * memory `mem` holding the chunk's bytes from mem_off. Whole blocks are read straight into
@@ -357,12 +346,9 @@ static int copy_verified(const struct bs_chunk_reply *r, const struct slot *s, i
                     break;
                 end += next;
             }
-            rc = pread_all(fd, dst, end - b, b);
-            for (uint64_t x = b; rc == 0 && x < end; x += bs) {
-                uint64_t xl = end - x < bs ? end - x : bs;
-                if (bs_crc32c(0, dst + (x - b), xl) != r->crcs[x / bs])
-                    rc = -EBADMSG;
-            }
+            rc = bs_pread_full(fd, dst, end - b, b) != 0
+                     ? -EIO
+                     : bs_chunk_verify(r->crcs, r->ncrcs, (uint32_t)bs, r->length, b, dst, end - b);
             b = end;
             continue;
         }
@@ -370,7 +356,7 @@ static int copy_verified(const struct bs_chunk_reply *r, const struct slot *s, i
         if (fd >= 0) {
             if (!bounce && !(bounce = malloc(bs)))
                 return -ENOMEM;
-            rc = pread_all(fd, bounce, blen, b);
+            rc = bs_pread_full(fd, bounce, blen, b) != 0 ? -EIO : 0;
             src = bounce;
         } else if (b < mem_off || b + blen > mem_off + mem_len) {
             rc = -EIO;
@@ -378,8 +364,8 @@ static int copy_verified(const struct bs_chunk_reply *r, const struct slot *s, i
         } else {
             src = mem + (b - mem_off);
         }
-        if (rc == 0 && bs_crc32c(0, src, blen) != r->crcs[b / bs])
-            rc = -EBADMSG;
+        if (rc == 0)
+            rc = bs_chunk_verify(r->crcs, r->ncrcs, (uint32_t)bs, r->length, b, src, blen);
         if (rc == 0)
             memcpy(buf + (s->cstart + cut_lo - off), src + (cut_lo - b), cut_hi - cut_lo);
         b += bs;

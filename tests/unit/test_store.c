@@ -29,6 +29,7 @@
 #include <openssl/evp.h>
 
 #include "crc32c.h"
+#include "chunkio.h"
 #include "store.h"
 
 #define BLOCK 4096u
