@@ -45,11 +45,13 @@ build-tsan:
 	cmake -S . -B $(BUILD_TSAN) $(CMAKE_ARGS) -DBS_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
 	cmake --build $(BUILD_TSAN) -j $(JOBS)
 
-# ThreadSanitizer on the shim's threads: the unit tests, then the integration tests whose
-# shim runs many blob_read threads at once (concurrent direct reads, the token cache, and
-# the shim's adversarial cases: agent refusal, token single-flight, delegation, HTTP route).
-# The first report fails the test (halt_on_error); there are no suppressions.
-TSAN_TESTS ?= ^(integration_direct_(tokencache|concurrency)|sec_shim_.*)$$
+# ThreadSanitizer on the shim's and the agent's threads (both built with it): the unit tests,
+# then the integration tests that run many threads at once: concurrent direct reads and the
+# token cache (shim), the shim's adversarial cases (agent refusal, token single-flight,
+# delegation, HTTP route), the agent's connection limits, fair fill queues, answer deadline and
+# drain (sec_conn_*), its single-flight fills, SIGTERM drains, HTTP route, corruption reports
+# and eviction. The first report fails the test (halt_on_error); there are no suppressions.
+TSAN_TESTS ?= ^(integration_direct_(tokencache|concurrency)|sec_shim_.*|sec_conn_.*|agent_(single_flight|sigterm_.*|http_route|corrupt_chunk|eviction))$$
 test-tsan: build-tsan
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --test-dir $(BUILD_TSAN) --output-on-failure -L unit
