@@ -123,6 +123,26 @@ static enum MHD_Result send_text(struct bs_httpsrv *h, struct MHD_Connection *c,
     return ret;
 }
 
+/* 503 with the codec's busy frame as the meta header: the shim tells the agent's own "at its
+ * limit" from any other 503 (a proxy in front of a dead agent) and keeps its breaker closed
+ * only for this one. */
+static enum MHD_Result send_busy(struct bs_httpsrv *h, struct MHD_Connection *c)
+{
+    static const char text[] = "too many connections from this address\n";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    char *busy = bs_proto_encode_busy();
+    MHD_add_response_header(r, "Content-Type", "text/plain");
+    if (busy)
+        MHD_add_response_header(r, BS_PROTO_META_HDR, busy);
+    free(busy);
+    enum MHD_Result ret = queue(h, c, 503, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static void refresh_store_gauges(struct bs_httpsrv *h)
 {
     struct bs_store_stats st;
@@ -248,7 +268,7 @@ static enum MHD_Result handle(struct bs_httpsrv *h, struct MHD_Connection *c, co
         }
         if (over) {
             bs_metric_add(h->m_refused, "max_per_ip", 1);
-            return send_text(h, c, 503, "text/plain", "too many connections from this address\n");
+            return send_busy(h, c);
         }
         if (is_chunk)
             return MHD_YES;

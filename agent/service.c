@@ -105,34 +105,9 @@ static int match_glob(const char *p, const char *s)
     return *s == '\0';
 }
 
-/* One spelling per origin: lower-case http or https, a lower-case host of [a-z0-9.-] that
- * does not end in '.', and a port only when it is not the scheme's default, without leading
- * zeros. The endpoint keys chunks, grants and tenants, so "host:0443" or "HOST" must not
- * make another tenant, another cache copy or another share of the same origin. */
-static int endpoint_canonical(const char *endpoint)
-{
-    int https = strncmp(endpoint, "https://", 8) == 0;
-    if (!https && strncmp(endpoint, "http://", 7) != 0)
-        return 0;
-    const char *h = endpoint + (https ? 8 : 7), *e = h;
-    while ((*e >= 'a' && *e <= 'z') || (*e >= '0' && *e <= '9') || *e == '.' || *e == '-')
-        e++;
-    if (e == h || e[-1] == '.')
-        return 0;
-    if (*e == ':') {
-        const char *d = ++e;
-        unsigned long port = 0;
-        while (*e >= '0' && *e <= '9' && e - d < 6)
-            port = port * 10 + (unsigned long)(*e++ - '0');
-        if (e == d || *d == '0' || port > 65535 || port == (https ? 443ul : 80ul))
-            return 0;
-    }
-    return *e == '\0' || *e == '/';
-}
-
 int bs_endpoint_allowed(const char *patterns, const char *endpoint, const char *account)
 {
-    if (!patterns || !endpoint || !account || !*account || !endpoint_canonical(endpoint))
+    if (!patterns || !endpoint || !account || !*account || !bs_name_endpoint_canonical(endpoint))
         return 0;
     /* The endpoint must name the account: https://<account>.host or http://host/<account>. */
     const char *host = strstr(endpoint, "://");
@@ -457,7 +432,10 @@ static int check_request(struct bs_service *s, const struct bs_chunk_req *req, i
     }
     if (strcmp(auth->account, req->account) != 0 ||
         !bs_endpoint_allowed(s->patterns, auth->endpoint, req->account)) {
-        snprintf(err, sizeof(err), "endpoint not allowed for account %s", req->account);
+        snprintf(err, sizeof(err), "endpoint not allowed for account %s%s", req->account,
+                 bs_name_endpoint_canonical(auth->endpoint)
+                     ? ""
+                     : " (not in canonical form: lower case, no default port, no leading zeros)");
         bs_metric_add(s->m_errors, "endpoint_not_allowed", 1);
         refuse(s, req, rep, BS_CHUNK_ERROR, "endpoint_not_allowed", err);
         return 1;

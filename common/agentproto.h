@@ -40,8 +40,9 @@ struct bs_chunk_req {
     char blob[1100];
     char etag[128]; /* the version the caller expects; empty: whatever the credential reads */
     uint64_t chunk;
-    /* HTTP only: the block-aligned part of the chunk wanted, as [sub_off, sub_off+sub_len);
-     * sub_len 0 means the whole chunk. A descriptor reply always covers the whole chunk. */
+    /* The block-aligned part of the chunk the caller will use, [sub_off, sub_off+sub_len);
+     * sub_len 0 means the whole chunk. HTTP: the part sent. Unix: what the agent counts as
+     * served; a descriptor reply always covers the whole chunk. */
     uint64_t sub_off, sub_len;
     struct bs_delegation auth; /* kind, endpoint, account, secret */
 };

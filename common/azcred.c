@@ -44,6 +44,16 @@ struct bs_azcred {
     pthread_mutex_t lock;
 };
 
+/* Checked once, whatever the SAS came from: an agent takes only SAS fields it knows
+ * (common/sas.c). A SAS it would refuse is still ours to use with Azure, but is not delegated
+ * (no agent round trip and refusal per chunk). */
+static void note_sas_problem(struct bs_azcred *c)
+{
+    if (c->kind == BS_AUTH_SAS && c->sas &&
+        bs_sas_parse(c->sas, NULL, 0, NULL, c->sas_problem, sizeof(c->sas_problem)) == 0)
+        c->sas_problem[0] = '\0';
+}
+
 #define ANON_FALLBACK_DESC "anonymous (no credential configured)"
 
 static char *dup_or_null(const char *s)
@@ -136,6 +146,7 @@ struct bs_azcred *bs_azcred_from_env(const struct bs_azcred_opts *opts, char *er
             snprintf(err, errsz, "AZURE_STORAGE_CONNECTION_STRING: AccountKey is not valid base64");
             goto out_fail;
         }
+        note_sas_problem(c);
         return c;
     }
 
@@ -174,12 +185,7 @@ struct bs_azcred *bs_azcred_from_env(const struct bs_azcred_opts *opts, char *er
         snprintf(err, errsz, "out of memory");
         goto out_fail;
     }
-    /* Checked once: an agent takes only SAS fields it knows (common/sas.c). A SAS it would
-     * refuse is still ours to use with Azure, but is not delegated (no agent round trip and
-     * refusal per chunk). */
-    if (c->kind == BS_AUTH_SAS &&
-        bs_sas_parse(c->sas, NULL, 0, NULL, c->sas_problem, sizeof(c->sas_problem)) == 0)
-        c->sas_problem[0] = '\0';
+    note_sas_problem(c);
     return c;
 
 out_fail:
@@ -441,6 +447,14 @@ int bs_azcred_delegate(struct bs_azcred *c, const char *account, const char *con
     snprintf(d->account, sizeof(d->account), "%s", acct);
     if (base_url(c, acct, d->endpoint, sizeof(d->endpoint)) != 0) {
         snprintf(err, errsz, "blob endpoint URL too long");
+        return -EINVAL;
+    }
+    /* The agent takes an endpoint spelled one way only (it keys chunks and tenants): one it
+     * would refuse is read from Azure directly instead of costing a refusal per chunk. */
+    if (!bs_name_endpoint_canonical(d->endpoint)) {
+        snprintf(err, errsz,
+                 "the blob endpoint is not delegated: not in canonical form (lower case, no "
+                 "default port, no trailing dot)");
         return -EINVAL;
     }
     enum bs_auth_kind kind = atomic_load(&c->kind);

@@ -13,10 +13,12 @@
 /* CLOCK_MONOTONIC, in nanoseconds. */
 uint64_t bs_now_ns(void);
 
-/* Initialises cv to wait on CLOCK_MONOTONIC (for bs_cond_wait_until). 0 or an errno. */
+/* Initialises cv to wait on CLOCK_MONOTONIC (for bs_cond_wait_until). 0 or an errno; with
+ * glibc on Linux it cannot fail (the attribute calls only set fields), which is why callers
+ * that initialise during construction do not check it. */
 int bs_cond_init(pthread_cond_t *cv);
-/* pthread_cond_timedwait until the absolute bs_now_ns() value deadline_ns (0: no deadline).
- * Returns 0 (woken) or ETIMEDOUT. */
+/* pthread_cond_timedwait until the absolute bs_now_ns() value deadline_ns (0 has passed: an
+ * unset deadline never means "forever"). Returns 0 (woken) or ETIMEDOUT. */
 int bs_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *m, uint64_t deadline_ns);
 
 /* A pseudo-random number for jitter (per-thread xorshift; not for secrets). */

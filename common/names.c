@@ -86,3 +86,24 @@ void bs_name_escape(const char *s, char *out, size_t outsz)
     }
     out[o] = '\0';
 }
+
+int bs_name_endpoint_canonical(const char *endpoint)
+{
+    int https = strncmp(endpoint, "https://", 8) == 0;
+    if (!https && strncmp(endpoint, "http://", 7) != 0)
+        return 0;
+    const char *h = endpoint + (https ? 8 : 7), *e = h;
+    while ((*e >= 'a' && *e <= 'z') || (*e >= '0' && *e <= '9') || *e == '.' || *e == '-')
+        e++;
+    if (e == h || e[-1] == '.')
+        return 0;
+    if (*e == ':') {
+        const char *d = ++e;
+        unsigned long port = 0;
+        while (*e >= '0' && *e <= '9' && e - d < 6)
+            port = port * 10 + (unsigned long)(*e++ - '0');
+        if (e == d || *d == '0' || port > 65535 || port == (https ? 443ul : 80ul))
+            return 0;
+    }
+    return *e == '\0' || *e == '/';
+}

@@ -19,6 +19,12 @@ int bs_name_container_ok(const char *s);
  * NULL when valid, else a short reason (static string, no name in it). */
 const char *bs_name_blob_problem(const char *s);
 
+/* 1 if a blob endpoint is spelled the one way the agent accepts: lower-case http or https, a
+ * lower-case host of [a-z0-9.-] not ending in '.', a port only when not the scheme's default
+ * and without leading zeros, then nothing or a path. The endpoint keys chunks, grants and
+ * tenants, so "host:0443" or "HOST" must not make another copy or share of one origin. */
+int bs_name_endpoint_canonical(const char *endpoint);
+
 /* Writes s for a log line or a message into out (always NUL-terminated when outsz > 0):
  * printable ASCII except '"' and '\\' as is, every other byte as \xNN, cut with "..." when
  * it does not fit. A name logged this way cannot forge a line or a key=value pair. */

@@ -14,7 +14,6 @@
 #include <jansson.h>
 
 #include "clock.h"
-#include "fetch.h" /* bs_now_ns */
 #include "log.h"
 #include "sharedkey.h"
 

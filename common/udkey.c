@@ -14,7 +14,6 @@
 
 #include "azcred.h" /* BS_AZ_API_VERSION */
 #include "clock.h"
-#include "fetch.h" /* bs_now_ns */
 #include "log.h"
 #include "sharedkey.h"
 

@@ -13,7 +13,6 @@
 
 #include "agentproto.h"
 #include "clock.h"
-#include "fetch.h" /* bs_now_ns */
 
 #define MAX_INPUT (BS_PROTO_MAX_FRAME + 64)
 

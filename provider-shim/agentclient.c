@@ -406,17 +406,16 @@ static void tally(struct bs_agentclient *c, const struct bs_chunk_reply *r)
     note_reason(c, r->reason);
 }
 
-/* Tells the agent chunk q->chunk failed its checksums here: it re-checks access and the
- * chunk itself, and drops it so the next reader refills it. */
-/* The block-aligned part of slot s's chunk the caller will use, as q->sub_off/sub_len: over
- * HTTP the part sent; over the Unix route (the descriptor covers the whole chunk) what the
- * agent counts as served. */
+/* The agent's block size, or a guess until hello or a reply tells. */
 static uint64_t block_guess(struct bs_agentclient *c)
 {
     uint64_t bs = atomic_load(&c->block_size);
     return bs ? bs : 65536; /* until hello or a reply tells; a wrong guess only costs a miss */
 }
 
+/* The block-aligned part of slot s's chunk the caller will use, as q->sub_off/sub_len: over
+ * HTTP the part sent; over the Unix route (the descriptor covers the whole chunk) what the
+ * agent counts as served. */
 static void set_wanted(struct bs_chunk_req *q, const struct slot *s, uint64_t bs)
 {
     q->sub_off = (s->want_lo - s->cstart) / bs * bs;
@@ -424,6 +423,8 @@ static void set_wanted(struct bs_chunk_req *q, const struct slot *s, uint64_t bs
     q->sub_len = (end < s->clen ? end : s->clen) - q->sub_off;
 }
 
+/* Tells the agent chunk q->chunk failed its checksums here: it re-checks access and the
+ * chunk itself, and drops it so the next reader refills it. */
 static void report_corrupt(int sock, const struct bs_chunk_req *q, uint64_t deadline_ns)
 {
     char *j = bs_proto_encode_corrupt(q);
@@ -607,9 +608,11 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
         sl[i].sock = -1;
         char err[128];
         struct bs_fetch_req *f = &sl[i].req;
-        if (f->curl_code == CURLE_OK && f->status == 503) {
-            /* At its per-client limit (or draining): busy, not broken. Azure serves this
-             * range; the breaker stays closed, as for the Unix route's busy frame. */
+        if (f->curl_code == CURLE_OK && f->status == 503 &&
+            bs_proto_is_busy(f->capture, strlen(f->capture))) {
+            /* The agent's own "at my per-client limit" (its busy frame in the meta header; a
+             * proxy's 503 in front of a dead agent is a failure): Azure serves this range and
+             * the breaker stays closed, as for the Unix route's busy frame. */
             count(&c->n_busy);
             continue;
         }

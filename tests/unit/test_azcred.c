@@ -104,6 +104,32 @@ static void test_own_sas_verbatim(void **state)
     assert_null(strstr(err, "sig="));
     bs_azcred_destroy(c);
     unsetenv("AZURE_STORAGE_SAS_TOKEN");
+
+    /* The same SAS from a connection string: also not delegated. */
+    setenv("AZURE_STORAGE_CONNECTION_STRING",
+           "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+           "SharedAccessSignature=sv=2021-12-02&SE=2030-01-01&newfield=1&sp=r&sig=a+b",
+           1);
+    c = bs_azcred_from_env(&o, err, sizeof(err));
+    assert_non_null(c);
+    assert_int_equal(
+        bs_azcred_delegate(c, "devstoreaccount1", "data", "x", 600, &d, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "cannot be delegated"));
+    bs_azcred_destroy(c);
+
+    /* A valid SAS at an endpoint the agent would refuse as not canonical: not delegated. */
+    o.endpoint_override = NULL; /* the connection string's BlobEndpoint, as written */
+    setenv("AZURE_STORAGE_CONNECTION_STRING",
+           "BlobEndpoint=http://127.0.0.1:01/devstoreaccount1;"
+           "SharedAccessSignature=sv=2021-12-02&se=2030-01-01&sp=r&sig=ab",
+           1);
+    c = bs_azcred_from_env(&o, err, sizeof(err));
+    assert_non_null(c);
+    assert_int_equal(
+        bs_azcred_delegate(c, "devstoreaccount1", "data", "x", 600, &d, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "canonical"));
+    bs_azcred_destroy(c);
+    unsetenv("AZURE_STORAGE_CONNECTION_STRING");
 }
 
 int main(void)

@@ -269,7 +269,7 @@ case_shim_parallel_misses() {
   expect_eq "hits of the whole read" "$(mdelta 0 1 "$REQ{status=\"hit\"}")" 2
   expect_eq "misses of the whole read" "$(mdelta 0 1 "$REQ{status=\"miss\"}")" 2
   log "one blob_read of 4 chunks, 2 hits and 2 stalled misses: $ms ms (parallel ~5500, serial ~9500)"
-  expect_eq "stalled requests open at once at the origin (2 fills + 2 shim reads)" \
+  expect_ge "stalled requests open at once at the origin (2 fills + 2 shim reads)" \
     "$(proxy_stat maxInflight)" 4
 }
 
