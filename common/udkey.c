@@ -15,6 +15,7 @@
 #include "azcred.h" /* BS_AZ_API_VERSION */
 #include "clock.h"
 #include "log.h"
+#include "sas.h"
 #include "sharedkey.h"
 
 #define UDK_MAX_RESPONSE (16 * 1024)
@@ -131,19 +132,12 @@ static void iso8601(time_t t, char *out, size_t outsz)
 }
 
 /* "YYYY-MM-DDTHH:MM:SS[.fff]Z" to epoch seconds; -1 if malformed. */
+/* A time as Azure writes it (common/sas.c's one rule for ISO 8601), as Unix seconds; -1 when
+ * it is not one. */
 static time_t parse_iso8601(const char *s)
 {
-    struct tm tm = {0};
-    int y, mo, d, h, mi, sec;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d", &y, &mo, &d, &h, &mi, &sec) != 6)
-        return -1;
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    return timegm(&tm);
+    int64_t t;
+    return bs_sas_time(s, &t) == 0 ? (time_t)t : -1;
 }
 
 struct body {
