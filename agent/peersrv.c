@@ -1,0 +1,2 @@
+/* Not written yet (see peersrv.h). */
+#include "peersrv.h"

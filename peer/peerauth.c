@@ -1,0 +1,2 @@
+/* Not written yet (see peerauth.h). */
+#include "peerauth.h"

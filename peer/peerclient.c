@@ -1,0 +1,2 @@
+/* Not written yet (see peerclient.h). */
+#include "peerclient.h"

@@ -1,0 +1,2 @@
+/* Not written yet (see redisidx.h). */
+#include "redisidx.h"
