@@ -683,6 +683,19 @@ void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *
            (unsigned long long)req->chunk);
 }
 
+int bs_service_peer_get(struct bs_service *s, const struct bs_chunk_key *k, long wait_ms,
+                        struct bs_chunk_ref **ref)
+{
+    (void)wait_ms; /* waiting for a fill in progress comes with the peer fill path */
+    *ref = NULL;
+    return bs_store_get(s->store, k, ref) == 0 ? 0 : -ENOENT;
+}
+
+uint64_t bs_service_chunk_size(const struct bs_service *s)
+{
+    return s->o.chunk_size;
+}
+
 int bs_service_busy(struct bs_service *s)
 {
     pthread_mutex_lock(&s->lock);

@@ -55,6 +55,15 @@ void bs_service_release(struct bs_service *s, struct bs_chunk_ref *ref);
 /* A transport found a chunk file bad while serving: drop it so the next request refills. */
 void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *req);
 
+/* For the peer server (no caller credential: peers are authenticated by the cluster secret):
+ * the chunk k if the store holds it, or once a fill of it running here ends (waiting at most
+ * wait_ms). 0 with a pinned reference (release with bs_service_release), or -ENOENT. It never
+ * starts a fill. */
+struct bs_chunk_key;
+int bs_service_peer_get(struct bs_service *s, const struct bs_chunk_key *k, long wait_ms,
+                        struct bs_chunk_ref **ref);
+/* The chunk grid (bytes), which peers must share. */
+uint64_t bs_service_chunk_size(const struct bs_service *s);
 /* Fills queued or running. */
 int bs_service_busy(struct bs_service *s);
 
