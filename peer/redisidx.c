@@ -531,8 +531,13 @@ static enum io exchange(struct bs_redisidx *x, redisContext *c, const char *buf,
     /* Bytes left from the last exchange, buffered or on the socket, are replies nobody asked
      * for: the connection is out of step (or closed by the server). */
     struct pollfd idle = {.fd = c->fd, .events = POLLIN};
-    if (c->reader->pos < c->reader->len || poll(&idle, 1, 0) != 0) {
+    if (c->reader->pos < c->reader->len) {
         rc = IO_PROTO;
+        goto out;
+    }
+    if (poll(&idle, 1, 0) != 0) {
+        char b;
+        rc = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0 ? IO_PROTO : IO_LOST;
         goto out;
     }
     while (off < len) {
@@ -598,7 +603,7 @@ static enum io exchange(struct bs_redisidx *x, redisContext *c, const char *buf,
         }
     }
 out:
-    bs_metric_add(x->m_commands, NULL, n);
+    bs_metric_add(x->m_commands, NULL, off == len ? n : 0);
     bs_metric_add(x->m_bytes, "out", (double)off);
     bs_metric_add(x->m_bytes, "in", (double)in);
     bs_metric_observe(x->m_seconds, NULL, (double)(bs_now_ns() - t0) / 1e9);
