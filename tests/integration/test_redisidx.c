@@ -821,7 +821,7 @@ static void check_breaker(struct node *n, const char *what)
         double t = ms_since(t0);
         worst = t > worst ? t : worst;
     }
-    assert_true(worst < 5);
+    assert_true(worst < 20); /* at once: no network (20 ms leaves room for a busy CI runner) */
     assert_int_equal(bs_redisidx_up(n->x), 0);
     printf("measure: %s: first call DOWN after %.1f ms (timeout %d ms), then breaker calls "
            "<= %.3f ms\n",
