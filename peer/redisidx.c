@@ -166,6 +166,8 @@ struct bs_redisidx {
     int reannounce_pending; /* wanted, waiting for a callback to be set */
     void (*reannounce)(void *arg);
     void *reannounce_arg;
+    int in_callback; /* the heartbeat thread is running reannounce (set_reannounce waits) */
+    int passive;     /* a client (a tool), not an agent: no registry entry, no heartbeat */
     pthread_t hb;
     int hb_started;
     atomic_int up;
@@ -939,7 +941,7 @@ static void *hb_main(void *arg)
 
         int existed = 1, ok = 0;
         if (beat && (!connect || connect_redis(x) == 0)) {
-            ok = heartbeat(x, &existed) == 0;
+            ok = x->passive || heartbeat(x, &existed) == 0;
             next_hb = bs_now_ns() + period;
         }
         pthread_mutex_lock(&x->lock);
@@ -957,7 +959,7 @@ static void *hb_main(void *arg)
                 bs_log(BS_LOG_INFO, "redisidx", "event=redis_up host=%s port=%d nodes=%d rank=%d",
                        x->host, x->port, x->nodes, x->rank);
             set_up(x, 1);
-            if (why) {
+            if (why && !x->passive) {
                 bs_log(BS_LOG_INFO, "redisidx", "event=reannounce reason=%s", why);
                 x->reannounce_pending = 1;
             }
@@ -969,9 +971,12 @@ static void *hb_main(void *arg)
             fn_arg = x->reannounce_arg;
         }
         if (fn) {
+            x->in_callback = 1;
             pthread_mutex_unlock(&x->lock);
             fn(fn_arg);
             pthread_mutex_lock(&x->lock);
+            x->in_callback = 0;
+            pthread_cond_broadcast(&x->cv);
         }
     }
     pthread_mutex_unlock(&x->lock);
@@ -1014,7 +1019,7 @@ static int opts_check(const struct bs_redisidx_opts *o, char *err, size_t errsz)
         snprintf(err, errsz, "node name must match [A-Za-z0-9._-]{1,%d}", BS_IDX_NODE_MAX - 1);
         return -1;
     }
-    if (!o->advertise || !addr_ok(o->advertise, strlen(o->advertise))) {
+    if (o->advertise && !addr_ok(o->advertise, strlen(o->advertise))) {
         snprintf(err, errsz, "advertise address must be IPv4:port or [IPv6]:port");
         return -1;
     }
@@ -1065,7 +1070,8 @@ struct bs_redisidx *bs_redisidx_create(const struct bs_redisidx_opts *o, struct 
         password_load(o->password_file, x->password, sizeof(x->password), err, errsz) != 0)
         goto out_free;
     snprintf(x->node, sizeof(x->node), "%s", o->node);
-    snprintf(x->addr, sizeof(x->addr), "%s", o->advertise);
+    x->passive = !o->advertise;
+    snprintf(x->addr, sizeof(x->addr), "%s", o->advertise ? o->advertise : "0.0.0.0:0");
     snprintf(x->member, sizeof(x->member), "%s %s", x->node, x->addr);
     snprintf(x->node_key, sizeof(x->node_key), KEY_PREFIX "{nodes}:n:%s", x->node);
     snprintf(x->max_s, sizeof(x->max_s), "%d", o->max_holders);
@@ -1112,7 +1118,7 @@ void bs_redisidx_destroy(struct bs_redisidx *x)
         pthread_join(x->hb, NULL);
     /* Leave the registry (best effort, one round trip, only when connected). */
     pthread_mutex_lock(&x->lock);
-    redisContext *c = x->busy ? NULL : x->c;
+    redisContext *c = x->busy || x->passive ? NULL : x->c;
     pthread_mutex_unlock(&x->lock);
     if (c) {
         const char *del[2] = {"DEL", x->node_key};
@@ -1145,6 +1151,8 @@ void bs_redisidx_set_reannounce(struct bs_redisidx *x, void (*fn)(void *arg), vo
     if (!x)
         return;
     pthread_mutex_lock(&x->lock);
+    while (x->in_callback) /* the old callback's owner may be about to go away */
+        pthread_cond_wait(&x->cv, &x->lock);
     x->reannounce = fn;
     x->reannounce_arg = arg;
     pthread_cond_broadcast(&x->cv); /* a re-announce may be pending */

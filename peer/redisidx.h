@@ -33,7 +33,8 @@ struct bs_redisidx_opts {
     const char *url;           /* redis://[:password@]host:port[/db] */
     const char *password_file; /* optional; its first line overrides the URL's password */
     const char *node;          /* this agent's name (BLOBSWARM_NODE_NAME) */
-    const char *advertise;     /* where peers reach this agent (BLOBSWARM_ADVERTISE_ADDR) */
+    const char *advertise;     /* where peers reach this agent (BLOBSWARM_ADVERTISE_ADDR);
+                                  NULL: a client such as a tool, never registered */
     long timeout_ms;           /* connect and each command */
     long node_ttl_ms;          /* registry entry lifetime; heartbeat every node_ttl_ms/3 */
     long holder_ttl_ms;        /* a chunk's holder set lives this long after its last announce */

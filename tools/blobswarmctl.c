@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "redisidx.h"
@@ -151,6 +152,9 @@ int main(int argc, char **argv)
     char account[1200], tag[BS_IDX_TAG_LEN + 1];
     snprintf(account, sizeof(account), "%s#grid=%llu", endpoint, (unsigned long long)chunk);
     bs_redisidx_tag(account, container, blob, etag, tag);
+    /* The index connects in the background: give it the command timeout to come up. */
+    for (int i = 0; i < 40 && !bs_redisidx_up(x); i++)
+        usleep(50000);
     int rc = bs_redisidx_holders(x, tag, nchunks, on_chunk, &t);
     bs_redisidx_destroy(x);
     if (rc != 0) {
