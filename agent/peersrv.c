@@ -33,11 +33,6 @@
 #include "service.h"
 #include "store.h"
 
-/* The chunk's SHA-256, recorded by the store when the chunk was put (32 bytes, valid until
- * the reference is released). Declared in store.h by the store's SHA-256 change (branch
- * `auth`); this declaration goes when that lands. */
-const unsigned char *bs_chunk_ref_sha256(const struct bs_chunk_ref *ref);
-
 #define RAW_URI_MAX    8192 /* bytes of a request's path and query */
 #define ACCOUNT_MAX    1024 /* the store's limit on a key field */
 #define CONTAINER_MAX  63
@@ -273,8 +268,7 @@ static enum MHD_Result serve(struct bs_peersrv *p, struct MHD_Connection *c, str
         bs_metric_add(p->m_errors, "notfound_in", 1);
         return send_text(c, 404, "not held\n");
     }
-    const unsigned char *sha = bs_chunk_ref_sha256(ref);
-    int fd = sha ? bs_chunk_ref_open(ref) : -1;
+    int fd = bs_chunk_ref_open(ref);
     if (fd < 0) {
         bs_service_release(p->svc, ref);
         bs_metric_add(p->m_errors, "notfound_in", 1);
@@ -283,7 +277,7 @@ static enum MHD_Result serve(struct bs_peersrv *p, struct MHD_Connection *c, str
     uint64_t len = bs_chunk_ref_length(ref);
     struct bs_chunk_id id = {f->a, f->c, f->b, f->e, f->i};
     char record[BS_PEER_HDR_MAX];
-    bs_peer_sign_record(p->secret, &id, len, sha, record);
+    bs_peer_sign_record(p->secret, &id, len, bs_chunk_ref_sha256(ref), record);
     struct MHD_Response *resp = MHD_create_response_from_fd_at_offset64(len, fd, 0);
     if (!resp) {
         close(fd);

@@ -38,7 +38,6 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
-#include "chunkio.h"
 #include "clock.h"
 #include "metrics.h"
 #include "peerauth.h"
@@ -62,23 +61,6 @@
 #define FLIP_AT    4096 /* body offset whose byte the relay flips */
 #define STALL_FROM (1u << 20)
 #define HEAD_MAX   32768 /* response header bytes a relay buffers */
-
-/* The test's view of the store's SHA-256 accessor (store.h, branch `auth`). Until the store
- * records digests this weak stand-in computes one from the chunk file; once store.c defines
- * it, the store's definition wins at link time. Valid until the next call in the thread. */
-__attribute__((weak)) const unsigned char *bs_chunk_ref_sha256(const struct bs_chunk_ref *ref)
-{
-    static __thread unsigned char sha[32];
-    int fd = bs_chunk_ref_open(ref);
-    uint64_t len = bs_chunk_ref_length(ref);
-    unsigned char *buf = fd >= 0 ? malloc(len ? len : 1) : NULL;
-    int ok = buf && bs_pread_full(fd, buf, len, 0) == 0 &&
-             EVP_Digest(buf, len, sha, NULL, EVP_sha256(), NULL);
-    free(buf);
-    if (fd >= 0)
-        close(fd);
-    return ok ? sha : NULL;
-}
 
 struct env {
     char dir[64];
@@ -553,7 +535,13 @@ static int setup(void **state)
     E.metrics = bs_metrics_create();
     char sdir[128];
     snprintf(sdir, sizeof(sdir), "%s/store", E.dir);
-    struct bs_store_opts so = {sdir, 256ull << 20, 90, 80, BLOCK};
+    struct bs_store_opts so = {
+        .dir = sdir,
+        .budget_bytes = 256ull << 20,
+        .high_watermark_pct = 90,
+        .low_watermark_pct = 80,
+        .block_size = BLOCK,
+    };
     E.store = bs_store_create(&so, err, sizeof(err));
     if (!E.store) {
         fprintf(stderr, "store: %s\n", err);
