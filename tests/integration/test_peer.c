@@ -948,13 +948,13 @@ static void test_dead_and_silent_peers(void **state)
     double ms = elapsed_ms(t0);
     printf("# silent peer: %s after %.0f ms (stall %ld ms)\n", bs_peer_err_name(rc), ms, STALL_MS);
     assert_int_equal(rc, BS_PEER_E_TIMEOUT);
-    assert_true(ms >= STALL_MS && ms < STALL_MS + 300);
+    assert_true(ms >= STALL_MS && ms < STALL_MS + 500);
     /* The caller's deadline comes first. */
     t0 = bs_now_ns();
     rc = fetch_with(E.cli, &silent, &small_id, SMALL, 200, buf, SMALL, sha, err, sizeof(err));
     ms = elapsed_ms(t0);
     assert_int_equal(rc, BS_PEER_E_TIMEOUT);
-    assert_true(ms >= 190 && ms < 500);
+    assert_true(ms >= 190 && ms < 700);
 
     /* Stalls mid-body (1 MiB sent, then nothing). */
     struct relay *r = relay_start(RELAY_STALL_BODY);
