@@ -68,3 +68,9 @@ add_executable(unit_redisidx ${CMAKE_CURRENT_LIST_DIR}/test_redisidx.c)
 target_link_libraries(unit_redisidx PRIVATE bs_agent PkgConfig::CMOCKA Threads::Threads)
 add_test(NAME unit_redisidx COMMAND unit_redisidx)
 set_tests_properties(unit_redisidx PROPERTIES LABELS unit TIMEOUT 60)
+
+# peer/peerauth: request signatures, chunk records, the cluster secret file's checks.
+add_executable(unit_peerauth ${CMAKE_CURRENT_LIST_DIR}/test_peerauth.c)
+target_link_libraries(unit_peerauth PRIVATE bs_agent PkgConfig::CMOCKA)
+add_test(NAME unit_peerauth COMMAND unit_peerauth)
+set_tests_properties(unit_peerauth PROPERTIES LABELS unit TIMEOUT 60)
