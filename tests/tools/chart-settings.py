@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import yaml
 
@@ -99,7 +100,12 @@ def gen_values_block(table):
     lines = []
     for s in configurable(table):
         b = bounds(s)
-        lines.append(f"  #   {s['key']}: {yaml_default(s)}  # {s['help']}" + (f" [{b}]" if b else ""))
+        line = f"  #   {s['key']}: {yaml_default(s)}" + (f"  # {b}" if b else "")
+        if len(line) > 100:  # a long default alone on its line (yamllint allows a long word)
+            line = f"  #   {s['key']}:" + (f"  # {b}" if b else "") + f"\n  #     {yaml_default(s)}"
+        lines += line.split("\n")
+        lines += textwrap.wrap(s["help"], 96, initial_indent="  #       ",
+                               subsequent_indent="  #       ", break_on_hyphens=False)
     return lines
 
 
