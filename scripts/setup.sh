@@ -12,7 +12,12 @@ DEB_PACKAGES=(
   libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libhiredis-dev libcmocka-dev
   redis-server curl openssl iproute2 procps prometheus python3 python3-venv util-linux
   e2fsprogs unzip yamllint shellcheck python3-yaml
+  podman runc catatonit mmdebstrap
 )
+# podman, runc (crun fails on this kernel), catatonit (the pause process of `podman kube
+# play` pods) and mmdebstrap (the image's base from Debian's packages: no registry here) run
+# the image build and the Kubernetes end-to-end test (deploy/build-image.sh,
+# tests/integration/test_k8s_e2e.sh); their settings are deploy/podman/containers.conf.
 # Node.js and npm run Azurite and the test fixtures. Any installation will do (the machine
 # image may bring its own); Debian's packages only when there is none.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
