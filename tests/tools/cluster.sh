@@ -28,17 +28,19 @@
 #   cl_secret                DIR/secret (0600, 48 random bytes as hex)
 #   cl_agent_start I [VAR=VALUE...]   blobswarm-agent in namespace I, waits for /readyz
 #   cl_agent_stop I [SIG]    default TERM (reaped, CL_AGENT_RC[I] = exit status); KILL crashes
-#   cl_agent_ip I, cl_agent_http I, cl_agent_sock I
+#   cl_agent_ip I, cl_agent_http I, cl_agent_sock I, cl_agent_running I
 #   cl_load I [blobswarm-read args...]   one load in namespace I through the shim and agent
 #                            I, origin = the proxy; output in DIR/n<I>/load.log; returns
 #                            blobswarm-read's exit status. The caller gives --container,
 #                            --blob, --size, --expect-seed, ...; CL_LOAD_ENV=(VAR=VALUE...)
 #                            adds shim settings
-#   cl_load_bg I [args...]   the same in the background: CL_LOAD_PID[I]
+#   cl_load_bg I [args...]   the same in the background: CL_LOAD_PID[I]; cl_load_running I
 #   cl_load_wait I           waits (bounded) for it; returns and sets CL_LOAD_RC[I]
 #   cl_metric I NAME [LABELS]   agent I's metric: the sum of the series of NAME whose labels
 #                            include every pair of LABELS ('kind="digest"'); 0 when absent
-#   cl_upload CONTAINER BLOB SIZE SEED   the bs-gendata stream SEED into Azurite (direct)
+#   cl_upload CONTAINER BLOB SIZE SEED   the bs-gendata stream SEED into Azurite (direct);
+#                            prints the blob's new ETag
+#   cl_spawn NAME CMD..., cl_spawn_port NAME   a helper process stopped by cl_down
 #   cl_ns_exec I CMD...      a command inside namespace I
 #   cl_down                  stops everything started here, deletes the namespaces, veths and
 #                            bridge, removes DIR's content (chattr -R -i first); idempotent.
@@ -345,11 +347,34 @@ cl_upload() {
   "$CL_GENDATA" --seed "$seed" --size "$size" >"$f" || { cl_err "bs-gendata failed"; return 1; }
   {
     printf '["container","--conn","%s","--container","%s"]\n' "$conn" "$container"
-    printf '["upload","--conn","%s","--container","%s","--blob","%s","--file","%s","--single-shot"]\n' \
+    printf '{"argv":["upload","--conn","%s","--container","%s","--blob","%s","--file","%s","--single-shot"],"export":"ETAG"}\n' \
       "$conn" "$container" "$blob" "$f"
-  } | timeout 300 node "$CL_TOOLS/azfixture.mjs" batch >/dev/null ||
-    { rm -f "$f"; cl_err "upload of $container/$blob failed"; return 1; }
-  rm -f "$f"
+  } | timeout 300 node "$CL_TOOLS/azfixture.mjs" batch >"$f.out" ||
+    { rm -f "$f" "$f.out"; cl_err "upload of $container/$blob failed"; return 1; }
+  sed -n "s/^export ETAG='\\(.*\\)'\$/\\1/p" "$f.out"
+  rm -f "$f" "$f.out"
+}
+
+# cl_spawn NAME CMD...: a helper process (a relay, a tool) stopped by cl_down, output in
+# DIR/NAME.log; CL_SPAWN_PID. For a server that prints "listening PORT" (faultproxy.mjs,
+# tamperproxy.mjs), cl_spawn_port NAME waits for it (10 s) and prints PORT.
+cl_spawn() {
+  local name=${1:?cl_spawn NAME CMD...}
+  shift
+  _cl_need || return 1
+  : >"$CL_DIR/$name.log"
+  "$@" >"$CL_DIR/$name.log" 2>&1 &
+  CL_SPAWN_PID=$!
+  _cl_track "$CL_SPAWN_PID"
+}
+cl_spawn_port() {
+  local name=${1:?} i port
+  for ((i = 0; i < 200; i++)); do
+    port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$CL_DIR/$name.log")
+    [ -n "$port" ] && { echo "$port"; return 0; }
+    sleep 0.05
+  done
+  cl_err "$name did not report a port: $(tail -n 3 "$CL_DIR/$name.log")"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -506,22 +531,24 @@ cl_metric() {
 # ---------------------------------------------------------------------------------------
 # loads
 # ---------------------------------------------------------------------------------------
-_cl_load_cmd() {
+# Sets CL_ARGV to the command of one load on node $1 with blobswarm-read args $2...: one
+# simple command (ip netns exec -> timeout -> blobswarm-read), so a background load's pid is
+# the timeout process, which passes signals on to the reader.
+_cl_load_argv() {
   local i=$1
   shift
   local conn="DefaultEndpointsProtocol=http;AccountName=$CL_ACCOUNT;AccountKey=$CL_ACCOUNT_KEY;BlobEndpoint=$CL_ORIGIN_EP;"
-  ip netns exec "${CL_ID}n$i" timeout -k 5 "$CL_LOAD_S" env -i PATH="$PATH" HOME="${HOME:-/root}" \
-    AZURE_STORAGE_CONNECTION_STRING="$conn" \
-    BLOBSWARM_AGENT="$CL_DIR/n$i/agent.sock" \
-    BLOBSWARM_LOG_LEVEL=warn \
-    "${CL_LOAD_ENV[@]}" \
-    "$CL_READ_CLI" --lib "$CL_SHIM_LIB" --account "$CL_ACCOUNT" "$@"
+  CL_ARGV=(ip netns exec "${CL_ID}n$i" timeout -k 5 "$CL_LOAD_S" env -i PATH="$PATH"
+    HOME="${HOME:-/root}" AZURE_STORAGE_CONNECTION_STRING="$conn"
+    BLOBSWARM_AGENT="$CL_DIR/n$i/agent.sock" BLOBSWARM_LOG_LEVEL=warn "${CL_LOAD_ENV[@]}"
+    "$CL_READ_CLI" --lib "$CL_SHIM_LIB" --account "$CL_ACCOUNT" "$@")
 }
 
 cl_load() {
   local i=${1:?cl_load I [blobswarm-read args...]} rc=0
   shift
-  _cl_load_cmd "$i" "$@" >"$CL_DIR/n$i/load.log" 2>&1 || rc=$?
+  _cl_load_argv "$i" "$@"
+  "${CL_ARGV[@]}" >"$CL_DIR/n$i/load.log" 2>&1 || rc=$?
   CL_LOAD_RC[$i]=$rc
   return "$rc"
 }
@@ -529,10 +556,13 @@ cl_load() {
 cl_load_bg() {
   local i=${1:?cl_load_bg I [blobswarm-read args...]}
   shift
-  _cl_load_cmd "$i" "$@" >"$CL_DIR/n$i/load.log" 2>&1 &
+  _cl_load_argv "$i" "$@"
+  "${CL_ARGV[@]}" >"$CL_DIR/n$i/load.log" 2>&1 &
   CL_LOAD_PID[$i]=$!
   _cl_track "${CL_LOAD_PID[$i]}"
 }
+
+cl_load_running() { cl_alive "${CL_LOAD_PID[$1]:-0}"; }
 
 cl_load_wait() {
   local i=${1:?} pid
