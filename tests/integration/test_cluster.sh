@@ -41,7 +41,8 @@ readonly ROOT
 readonly MIB=1048576
 readonly CHUNK=$((8 * MIB)) # the agents' default grid
 readonly NODES=4
-readonly POLL_S=30          # bounded waits on a metric or a Redis key, seconds
+readonly POLL_S=30          # bounded waits on a metric or a Redis key, seconds (the
+                            # agents' heartbeat: every BLOBSWARM_NODE_TTL_MS / 3)
 CASE=setup
 
 log() { printf '[%s %s] %s\n' "$(date +%T)" "$CASE" "$*"; }
@@ -295,7 +296,8 @@ case_redis_restart() {
   # 200 Mbit/s node links: each load needs >= 6.7 s, so the Redis events land mid-load.
   cluster_up "$NODES" 200
   upload "$blob" "$size" 44 >/dev/null
-  agents_start 1 "$NODES"
+  # A heartbeat every second: a restarted or flushed Redis is noticed within 3 s.
+  agents_start 1 "$NODES" BLOBSWARM_NODE_TTL_MS=3000
   load_args "$blob" "$size" 44
   for i in $(all_nodes); do cl_load_bg "$i" "${LOAD_ARGS[@]}"; done
   sleep 1
@@ -466,7 +468,7 @@ case_redis_down_start() {
   cluster_up "$NODES"
   upload "$blob" "$size" 50 >/dev/null
   cl_redis_stop # CL_REDIS_URL now names a closed port
-  agents_start 1 "$NODES"
+  agents_start 1 "$NODES" BLOBSWARM_NODE_TTL_MS=3000
   log "ok: $NODES agents ready with Redis unreachable"
   load_nodes "$(all_nodes)" "$blob" "$size" 50
   for i in $(all_nodes); do
