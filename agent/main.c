@@ -314,6 +314,13 @@ static int check_consistent(struct agent_config *c, unsigned *mode, char *err, s
                      "BLOBSWARM_CLUSTER_SECRET_FILE");
             return -EINVAL;
         }
+        if (c->max_per_peer < c->peer_downloads) {
+            /* A peer keeps up to PEER_DOWNLOADS connections to us; beyond the per-IP limit
+             * they would be dropped unanswered and read as "peer dead". */
+            snprintf(err, errsz, "need MAX_CLIENTS_PER_PEER (%lld) >= PEER_DOWNLOADS (%lld)",
+                     c->max_per_peer, c->peer_downloads);
+            return -EINVAL;
+        }
         if (!c->advertise[0]) {
             if (strncmp(c->peer_listen, "0.0.0.0:", 8) == 0) {
                 snprintf(err, errsz,

@@ -1153,11 +1153,8 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
                            "Requests refused before any origin access, by reason.", "reason");
     s->m_fill_queue = bs_metrics_gauge(metrics, "blobswarm_agent_fill_queue",
                                        "Fills waiting for a worker.", NULL);
-    s->m_peer_errors =
-        bs_metrics_counter(metrics, "blobswarm_peer_errors_total",
-                           "Failed chunk fetches from peers (client side) and "
-                           "refused peer requests (server side, kind *_in), by kind.",
-                           "kind");
+    s->m_peer_errors = bs_metrics_counter(metrics, BS_PEER_ERRORS_METRIC, BS_PEER_ERRORS_HELP,
+                                          BS_PEER_ERRORS_LABELS);
     s->m_lease_waits = bs_metrics_counter(
         metrics, "blobswarm_lease_waits_total",
         "Waits on another agent's fill of a chunk (its lease), by outcome.", "outcome");

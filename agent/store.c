@@ -1373,7 +1373,7 @@ static int put_chunk(struct bs_store *s, const struct bs_chunk_key *k, const voi
         return rc;
     }
 
-    /* Everything that needs no lock: ids, block CRCs, trailer, memory. */
+    /* Everything that needs no lock: ids, block CRCs, SHA-256, trailer, memory. */
     uint32_t bs = s->block_size, nblocks = blocks_of(len, bs);
     size_t tlen = bs_trailer_len(enclen, nblocks);
     struct bs_chunk_ref *c = chunk_new(nblocks, enc, enclen, k->index);
@@ -1517,12 +1517,15 @@ static size_t next_bucket(size_t cursor, size_t mask)
     return reverse_bits(reverse_bits(cursor | ~mask) + 1);
 }
 
-/* Keys copied out of the index: `n` records of (offset in `keys`, index). */
+/* Keys copied out of the index: `n` records of where a key's strings start in `keys`, and
+ * its chunk index. */
+struct key_ent {
+    size_t off;
+    uint64_t index;
+};
+
 struct key_batch {
-    struct {
-        size_t off;
-        uint64_t index;
-    } * ent;
+    struct key_ent *ent;
     char *keys;
     size_t n, cap, used, bytes;
 };
