@@ -171,6 +171,14 @@ load_nodes() {
 
 all_nodes() { seq 1 "$NODES" | tr '\n' ' '; }
 
+# nonzero I NAME: the non-zero series of NAME on agent I, as label=value pairs.
+nonzero() {
+  curl -fsS --max-time 10 "$(cl_agent_http "$1")/metrics" 2>/dev/null |
+    awk -v n="$2" 'index($1, n "{") == 1 && $2 + 0 > 0 {
+      l = substr($1, length(n) + 2); sub(/}$/, "", l); gsub(/"/, "", l)
+      printf "%s%s=%s", sep, l, $2; sep = " " }'
+}
+
 # summary I: what agent I did, for the log.
 summary() {
   local i=$1 s="" k
@@ -182,8 +190,8 @@ summary() {
   done
   s+=" peer_in=$(metric "$i" blobswarm_peer_bytes_in_total)"
   s+=" peer_out=$(metric "$i" blobswarm_peer_bytes_out_total)"
-  s+=" peer_errors=$(metric "$i" blobswarm_peer_errors_total)"
-  s+=" lease_waits=$(metric "$i" blobswarm_lease_waits_total)"
+  s+=" peer_errors={$(nonzero "$i" blobswarm_peer_errors_total)}"
+  s+=" lease_waits={$(nonzero "$i" blobswarm_lease_waits_total)}"
   s+=" redis_errors=$(metric "$i" blobswarm_redis_errors_total)"
   log "node $i:$s"
 }
@@ -379,6 +387,9 @@ case_no_secret() {
     expect_le "body bytes of that answer" "$(stat -c %s "$body" 2>/dev/null || echo 0)" 1024
   done
   load_nodes "2 3" "$PEER_BLOB" "$size" 46
+  # The control: signed with the cluster's secret, the same peer servers do answer.
+  expect_gt "peer bytes into nodes 2 and 3" \
+    $(($(metric 2 blobswarm_peer_bytes_in_total) + $(metric 3 blobswarm_peer_bytes_in_total))) 0
   # Node 4 has another secret: the holders refuse it; its load comes from Azure.
   load_nodes 4 "$PEER_BLOB" "$size" 46
   summaries
