@@ -192,7 +192,7 @@ summary() {
   s+=" peer_out=$(metric "$i" blobswarm_peer_bytes_out_total)"
   s+=" peer_errors={$(nonzero "$i" blobswarm_peer_errors_total)}"
   s+=" lease_waits={$(nonzero "$i" blobswarm_lease_waits_total)}"
-  s+=" redis_errors=$(metric "$i" blobswarm_redis_errors_total)"
+  s+=" redis_errors={$(nonzero "$i" blobswarm_redis_errors_total)}"
   log "node $i:$s"
 }
 summaries() {
