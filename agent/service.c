@@ -462,7 +462,8 @@ static struct fill_job *take_readahead_locked(struct bs_service *s)
             j->len = pl->size - j->start < s->o.chunk_size ? pl->size - j->start : s->o.chunk_size;
             j->refs = 1;
             j->plan = pl;
-            atomic_store(&j->prefetch, 1);
+            /* The first pass skips chunks another agent is filling; the second waits. */
+            atomic_store(&j->prefetch, pl->passes == 0 ? 1 : 0);
             j->created_ns = bs_now_ns();
             bs_cond_init(&j->cv);
             size_t b = job_bucket(j->endpoint, j->container, j->blob, j->etag, c);
