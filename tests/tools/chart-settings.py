@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MANAGED = {
     "agent_socket": "`/run/blobswarm/agent.sock` in the pod; on the node: `agent.socket.hostPath`",
     "agent_listen": "`0.0.0.0:<agent.httpPort>`",
-    "store_dir": "`/var/lib/blobswarm/chunks` in the pod; on the node: `agent.store.hostPath`",
+    "store_dir": "`/var/lib/blobswarm/chunks-<uid>` in the pod (uid: the agent's); on the "
+    "node: under `agent.store.hostPath`",
     "node_name": "the node's name (`spec.nodeName`)",
     "redis_url": "`redis://<fullname>-redis:<redis.port>/0` (`redis.mode: bundled`) or "
     "`redis.external.url`; unset without `peers.enabled`",

