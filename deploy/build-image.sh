@@ -15,7 +15,9 @@
 #   --force                build even if the images carry the current inputs' hash
 #
 # Caching: each image is labelled with a hash of its inputs (the Dockerfile, .dockerignore,
-# every file the build context admits, the base image's ID). When the images of that name
+# every file the build context admits, the base image's ID), by the Dockerfile's last step
+# (ARG BS_INPUTS: a label given with --label would stay as it was on an image rebuilt
+# wholly from podman's cache). When the images of that name
 # already carry the current hash, nothing is built. Otherwise podman's layer cache keeps the
 # package layers, so only the compile step runs again after a source change.
 # Podman settings: CONTAINERS_CONF, default deploy/podman/containers.conf (runc, cgroupfs,
@@ -175,7 +177,7 @@ else
   build() { # TARGET NAME
     echo "build-image: building target $1 as $2"
     podman build --pull=never --layers --jobs 2 --file "$DOCKERFILE" --target "$1" \
-      --label "$LABEL=$HASH" --tag "$2" "$ROOT" || die "podman build of target $1 failed"
+      --build-arg "BS_INPUTS=$HASH" --tag "$2" "$ROOT" || die "podman build of target $1 failed"
   }
   build runtime "$IMAGE"
   [ "$BUILD_WORKLOAD" = 0 ] || build workload "$WORKLOAD"

@@ -14,8 +14,9 @@
 #   5. a workload pod as NOTES.txt tells users to write one (the socket directory as a
 #      read-only hostPath, RUNAI_STREAMER_EXPERIMENTAL_AZURE_CACHE_LIB, BLOBSWARM_AGENT_UID,
 #      supplementalGroups; read-only root) loads the blob through the shim, cold then warm,
-#      byte-exact (--expect-seed), each load through the agent
-#   6. the agent's /metrics: bytes served (>= 2 x the blob, warm from the store), the origin
+#      byte-exact (--expect-seed), each load through the agent; then once more through the
+#      shim mounted at the streamer's auto-discovery path (docs/kubernetes.md, subPath)
+#   6. the agent's /metrics: bytes served (>= 3 x the blob, warm from the store), the origin
 #      read once, Redis up, the tamper protection mode; then SIGTERM: the agent exits 0.
 # Steps 3-6 run twice, each on a node of its own: the chart's defaults (non-root agent), then
 # agent.tamperProtection=true (uid 0 with CAP_LINUX_IMMUTABLE only, chunk files immutable).
@@ -317,10 +318,13 @@ print(" ".join(sc.get("capabilities", {}).get("add", [])))' "$SC/pod.json")
   log "[$name] ok: init container exit 0; agent uid/gid $want_uid:$want_gid, capabilities {${caps:-none}}, no_new_privs, seccomp, read-only root"
 
   STEP=$name/node
-  # What the init container left on the node: the store the agent's (0700), the socket
-  # directory root's with the agent's group (1775), the shim root's (0644), the socket.
-  [ "$(stat -c '%u:%g %a' "$store_dir")" = "$want_uid:$want_gid 700" ] ||
+  # What the init container left on the node: the store root's (0711) holding the agent's
+  # (chunks-UID, 0700), the socket directory root's with the agent's group (1775), the shim
+  # root's (0644), the socket.
+  [ "$(stat -c '%u:%g %a' "$store_dir")" = "0:0 711" ] ||
     fail "store dir: $(stat -c '%u:%g %a' "$store_dir")"
+  [ "$(stat -c '%u:%g %a' "$store_dir/chunks-$want_uid")" = "$want_uid:$want_gid 700" ] ||
+    fail "store: $(stat -c '%u:%g %a' "$store_dir/chunks-$want_uid" 2>&1)"
   [ "$(stat -c '%u:%g %a' "$socket_dir")" = "0:$want_gid 1775" ] ||
     fail "socket dir: $(stat -c '%u:%g %a' "$socket_dir")"
   [ -S "$socket_dir/agent.sock" ] || fail "no socket in $socket_dir"
@@ -340,8 +344,10 @@ print(" ".join(sc.get("capabilities", {}).get("add", [])))' "$SC/pod.json")
 
   STEP=$name/workload
   curl -fsS --max-time 10 "http://127.0.0.1:$agent_port/metrics" >"$SC/m.0" || fail "no /metrics"
-  # The pod as NOTES.txt tells users to write it (BLOBSWARM_AGENT_UID = the agent's uid; a
-  # non-root pod joins the agent's group), plus the workload's own Azure identity.
+  # The pod as NOTES.txt and docs/kubernetes.md tell users to write it: the socket directory
+  # read-only, (a) RUNAI_STREAMER_EXPERIMENTAL_AZURE_CACHE_LIB naming the shim in it and
+  # (b) the shim mounted at the streamer's auto-discovery path; BLOBSWARM_AGENT_UID
+  # = the agent's uid, a non-root pod joins the agent's group; plus its own Azure identity.
   wl_uid=$WORKLOAD_UID
   wl_groups="[$want_gid]"
   if [ "$want_uid" = 0 ]; then
@@ -377,11 +383,17 @@ spec:
         capabilities: {drop: [ALL]}
       volumeMounts:
         - {name: blobswarm, mountPath: /run/blobswarm, readOnly: true}
+        - {name: shim, mountPath: $PURELIB/dacs_client/libStorageDirect.so, readOnly: true}
         - {name: loader, mountPath: /loader, readOnly: true}
         - {name: tmp, mountPath: /tmp}
   volumes:
     - name: blobswarm
       hostPath: {path: $socket_dir, type: Directory}
+    # docs/kubernetes.md mounts the volume blobswarm with subPath lib/libblobswarm.so; podman
+    # 4.3 ignores subPath on hostPath volumes (it mounts the whole directory), so the file
+    # that subPath names is given as a hostPath of its own: the same bind mount.
+    - name: shim
+      hostPath: {path: $socket_dir/lib/libblobswarm.so, type: File}
     - name: loader
       hostPath: {path: $T/loader, type: Directory}
     - name: tmp
@@ -398,7 +410,7 @@ EOF
   sed 's/^/  | /' "$SC/workload.out"
   [ "$rc" = 0 ] || fail "the workload exited $rc"
   n=$(grep -c 'chunk(s) served by the agent' "$SC/workload.out" || true)
-  [ "$n" = 2 ] || fail "the loads did not both go through the agent (blobswarm-read's report above)"
+  [ "$n" = 3 ] || fail "not every load went through the agent (blobswarm-read's report above)"
   ! grep -Eq 'refused|every read went to Azure' "$SC/workload.out" || fail "the shim bypassed the agent"
 
   STEP=$name/metrics
@@ -415,8 +427,8 @@ EOF
   tamper=$(sed -n 's/^blobswarm_store_tamper_protection{mode="\([a-z]*\)"} 1$/\1/p' "$SC/m.1")
   log "[$name] agent /metrics: served $served bytes (from its store: $local_b), read $origin_b bytes from the origin; redis_up $redis_up; tamper protection: ${tamper:-?}"
   [ "$served" -gt 0 ] || fail "the agent served no bytes"
-  [ "$served" -ge $((2 * SIZE)) ] || fail "served $served bytes, expected >= 2 x $SIZE (cold + warm)"
-  [ "$local_b" -ge "$SIZE" ] || fail "the warm load was not served from the store ($local_b bytes)"
+  [ "$served" -ge $((3 * SIZE)) ] || fail "served $served bytes, expected >= 3 x $SIZE (3 loads)"
+  [ "$local_b" -ge $((2 * SIZE)) ] || fail "the warm loads were not served from the store ($local_b bytes)"
   [ "$origin_b" = "$SIZE" ] || fail "the origin was read $origin_b bytes, expected the blob once ($SIZE)"
   [ "$redis_up" = 1 ] || fail "blobswarm_redis_up is $redis_up"
   [ "$tamper" = "$WANT_TAMPER" ] || fail "tamper protection is '$tamper', expected $WANT_TAMPER"
@@ -440,24 +452,34 @@ EOF
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --no-auth-warning -a "$REDIS_PASSWORD" "$@"; }
 podman run --rm --pull=never --entrypoint cat "$IMAGE" /usr/lib/blobswarm/libblobswarm.so \
   >"$T/image-shim.so" || fail "cannot read the shim out of $IMAGE"
-# What the workload runs: the streamer's load check on the library the env var names, then
-# blobswarm-read (which loads it as the streamer does) cold and warm, byte-exact.
+# What the workload runs: where the streamer would find the shim, (a) the library the env
+# var names and (b) the auto-discovery path in site-packages; for each, the streamer's load
+# check (cache_abi_version) and blobswarm-read (which loads it as the streamer does), byte-
+# exact: (a) cold then warm, (b) warm.
 mkdir -p "$T/loader"
 cat >"$T/loader/loader.py" <<'EOF'
-import ctypes, os, subprocess, sys
-lib = os.environ["RUNAI_STREAMER_EXPERIMENTAL_AZURE_CACHE_LIB"]
-v = ctypes.CDLL(lib, mode=os.RTLD_NOW | os.RTLD_LOCAL).cache_abi_version()
-print(f"loader: {lib}: cache_abi_version() = {v}", flush=True)
-if v != 1:
-    sys.exit(4)
-for run in ("cold", "warm"):
-    rc = subprocess.call(["blobswarm-read", "--lib", lib, "--container", sys.argv[1],
-                          "--blob", sys.argv[2], "--size", sys.argv[3],
-                          "--expect-seed", sys.argv[4]])
-    print(f"loader: {run} load exit status {rc}", flush=True)
-    if rc != 0:
-        sys.exit(rc)
+import ctypes, os, subprocess, sys, sysconfig
+routes = [
+    ("env", os.environ["RUNAI_STREAMER_EXPERIMENTAL_AZURE_CACHE_LIB"], ("cold", "warm")),
+    ("site-packages", os.path.join(sysconfig.get_paths()["purelib"], "dacs_client",
+                                   "libStorageDirect.so"), ("warm",)),
+]
+for route, lib, runs in routes:
+    v = ctypes.CDLL(lib, mode=os.RTLD_NOW | os.RTLD_LOCAL).cache_abi_version()
+    print(f"loader: ({route}) {lib}: cache_abi_version() = {v}", flush=True)
+    if v != 1:
+        sys.exit(4)
+    for run in runs:
+        rc = subprocess.call(["blobswarm-read", "--lib", lib, "--container", sys.argv[1],
+                              "--blob", sys.argv[2], "--size", sys.argv[3],
+                              "--expect-seed", sys.argv[4]])
+        print(f"loader: ({route}) {run} load exit status {rc}", flush=True)
+        if rc != 0:
+            sys.exit(rc)
 EOF
+# The workload image's site-packages, found as docs/kubernetes.md says.
+PURELIB=$(podman run --rm --pull=never "$WORKLOAD" python3 -c \
+  'import sysconfig; print(sysconfig.get_paths()["purelib"])') || fail "no python3 in $WORKLOAD"
 chmod 0755 "$T" "$T/loader"
 chmod 0644 "$T/loader/loader.py"
 
@@ -470,5 +492,5 @@ scenario tamper agent.tamperProtection=true
 
 STEP=summary
 echo "k8s_e2e: PASS: image $IMAGE $((IMAGE_SIZE / 1000000)) MB ($IMAGE_SIZE bytes), build" \
-  "$(secs "$BUILD_MS") s (cached: $CACHED); last workload (cold + warm, $SIZE bytes each)" \
+  "$(secs "$BUILD_MS") s (cached: $CACHED); last workload (3 loads of $SIZE bytes)" \
   "$(secs "$LOAD_MS") s, agent served $SERVED bytes; e2e $(secs "$(ms_since "$T0")") s"
