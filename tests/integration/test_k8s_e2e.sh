@@ -53,7 +53,7 @@ export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/podman/containers.conf}
 
 log() { printf '[%s k8s_e2e] %s\n' "$(date +%T)" "$*"; }
 missing() {
-  echo "k8s_e2e: $1" >&2
+  echo "k8s_e2e: $*" >&2
   [ "${CI:-}" = true ] && exit 1 # CI installs it (scripts/setup.sh): missing is a failure
   echo "k8s_e2e: skipped" >&2
   exit 77
@@ -65,7 +65,8 @@ missing() {
 [ "$(id -u)" = 0 ] || missing "needs root (rootful podman, hostPath volumes)"
 for t in podman runc catatonit mmdebstrap redis-server redis-cli node curl; do
   command -v "$t" >/dev/null 2>&1 ||
-    missing "$t is missing: apt-get install podman runc catatonit mmdebstrap redis-server nodejs curl (scripts/setup.sh installs them)"
+    missing "$t is missing: apt-get install podman runc catatonit mmdebstrap redis-server" \
+      "nodejs curl (scripts/setup.sh installs them)"
 done
 [ -x "$HELM" ] || missing "helm is missing at $HELM (scripts/setup.sh unpacks it)"
 [ -f "$AZURITE_MAIN" ] || missing "Azurite is missing in node_modules (scripts/setup.sh runs npm ci)"
@@ -74,6 +75,9 @@ done
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/bs-k8s-e2e.XXXXXX")
 readonly T
+# Pod names carry this run's id: runs on one machine (two checkouts) do not collide.
+RUN=$(printf '%s' "${T##*.}" | tr '[:upper:]' '[:lower:]')
+readonly RUN
 PIDS=()
 PODS=()
 STEP=setup
@@ -191,10 +195,10 @@ AZ_PORT=$(grep -Eo 'http://127\.0\.0\.1:[0-9]+' "$T/azurite.log" | head -n1 | se
 readonly ENDPOINT=http://127.0.0.1:$AZ_PORT/$ACCOUNT
 readonly CONN="DefaultEndpointsProtocol=http;AccountName=$ACCOUNT;AccountKey=$ACCOUNT_KEY;BlobEndpoint=$ENDPOINT;"
 "$BS_GENDATA" --seed "$SEED" --size "$SIZE" >"$T/model.bin"
-printf '%s\n' \
-  "[\"container\",\"--conn\",\"$CONN\",\"--container\",\"$CONTAINER\"]" \
-  "[\"upload\",\"--conn\",\"$CONN\",\"--container\",\"$CONTAINER\",\"--blob\",\"$BLOB\",\"--file\",\"$T/model.bin\",\"--single-shot\"]" |
-  timeout 120 node "$ROOT/tests/tools/azfixture.mjs" batch >"$T/upload.log" 2>&1 ||
+printf '["container","--conn","%s","--container","%s"]\n' "$CONN" "$CONTAINER" >"$T/upload.jsonl"
+printf '["upload","--conn","%s","--container","%s","--blob","%s","--file","%s","--single-shot"]\n' \
+  "$CONN" "$CONTAINER" "$BLOB" "$T/model.bin" >>"$T/upload.jsonl"
+timeout 120 node "$ROOT/tests/tools/azfixture.mjs" batch <"$T/upload.jsonl" >"$T/upload.log" 2>&1 ||
   fail "upload to Azurite failed: $(tail -n 5 "$T/upload.log")"
 rm -f "$T/model.bin"
 log "redis-server 127.0.0.1:$REDIS_PORT (password), Azurite $ENDPOINT with $CONTAINER/$BLOB ($SIZE bytes)"
@@ -244,7 +248,7 @@ scenario() {
   "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --values "$VALUES" "${sets[@]}" \
     >"$SC/rendered.yaml" 2>"$SC/helm.log" || fail "helm template failed: $(cat "$SC/helm.log")"
   "$PY" "$TO_POD" --rendered "$SC/rendered.yaml" --objects "$T/objects.yaml" --dir "$SC" \
-    --node-name "$node" --node-ip 127.0.0.1 --pod-name "blobswarm-$name" --out "$SC/pod.yaml" ||
+    --node-name "$node" --node-ip 127.0.0.1 --pod-name "blobswarm-$name-$RUN" --out "$SC/pod.yaml" ||
     fail "the DaemonSet's pod template could not be turned into a Pod"
   agent_pod=$(pod_field pod)
   store_dir=$(pod_field hostPaths store host)
@@ -305,7 +309,8 @@ print(" ".join(sc.get("capabilities", {}).get("add", [])))' "$SC/pod.json")
   [ "$(awk '/^CapBnd:/ { print $2 }' "$st")" = "$cap_mask" ] ||
     fail "agent's bounding set $(awk '/^CapBnd:/ { print $2 }' "$st"), expected $cap_mask (drop ALL, add: $caps)"
   if [ "$want_uid" = 0 ]; then
-    [ "$(awk '/^CapEff:/ { print $2 }' "$st")" = "$cap_mask" ] || fail "agent's effective capabilities: $(grep CapEff "$st")"
+    [ "$(awk '/^CapEff:/ { print $2 }' "$st")" = "$cap_mask" ] ||
+      fail "agent's effective capabilities: $(grep CapEff "$st")"
   fi
   [ "$(awk '/^NoNewPrivs:/ { print $2 }' "$st")" = 1 ] || fail "allowPrivilegeEscalation: false not in force"
   [ "$(awk '/^Seccomp:/ { print $2 }' "$st")" = 2 ] || fail "no seccomp filter (RuntimeDefault)"
@@ -315,7 +320,8 @@ print(" ".join(sc.get("capabilities", {}).get("add", [])))' "$SC/pod.json")
     fail "BLOBSWARM_NODE_NAME is not the node's name"
   [ "$(pod_field containers agent env BLOBSWARM_ADVERTISE_ADDR)" = "127.0.0.1:$peer_port" ] ||
     fail "BLOBSWARM_ADVERTISE_ADDR is '$(pod_field containers agent env BLOBSWARM_ADVERTISE_ADDR)'"
-  log "[$name] ok: init container exit 0; agent uid/gid $want_uid:$want_gid, capabilities {${caps:-none}}, no_new_privs, seccomp, read-only root"
+  log "[$name] ok: init container exit 0; agent uid/gid $want_uid:$want_gid," \
+    "capabilities {${caps:-none}}, no_new_privs, seccomp, read-only root"
 
   STEP=$name/node
   # What the init container left on the node: the store root's (0711) holding the agent's
@@ -360,7 +366,7 @@ print(" ".join(sc.get("capabilities", {}).get("add", [])))' "$SC/pod.json")
 apiVersion: v1
 kind: Pod
 metadata:
-  name: workload-$name
+  name: workload-$name-$RUN
 spec:
   hostNetwork: true
   restartPolicy: Never
@@ -400,13 +406,13 @@ spec:
       emptyDir: {}
 EOF
   t=$(date +%s%N)
-  PODS+=("workload-$name")
+  PODS+=("workload-$name-$RUN")
   podman kube play "$SC/workload.yaml" >"$SC/play-workload.log" 2>&1 ||
     fail "podman kube play (workload) failed: $(cat "$SC/play-workload.log")"
-  rc=$(timeout "$LOAD_S" podman wait "workload-$name-loader" 2>/dev/null) ||
+  rc=$(timeout "$LOAD_S" podman wait "workload-$name-$RUN-loader" 2>/dev/null) ||
     fail "the workload did not finish within $LOAD_S s"
   LOAD_MS=$(ms_since "$t")
-  podman logs "workload-$name-loader" >"$SC/workload.out" 2>&1 || true
+  podman logs "workload-$name-$RUN-loader" >"$SC/workload.out" 2>&1 || true
   sed 's/^/  | /' "$SC/workload.out"
   [ "$rc" = 0 ] || fail "the workload exited $rc"
   n=$(grep -c 'chunk(s) served by the agent' "$SC/workload.out" || true)
@@ -425,7 +431,8 @@ EOF
     $(metric "$SC/m.0" blobswarm_agent_origin_bytes_total)))
   redis_up=$(metric "$SC/m.1" blobswarm_redis_up)
   tamper=$(sed -n 's/^blobswarm_store_tamper_protection{mode="\([a-z]*\)"} 1$/\1/p' "$SC/m.1")
-  log "[$name] agent /metrics: served $served bytes (from its store: $local_b), read $origin_b bytes from the origin; redis_up $redis_up; tamper protection: ${tamper:-?}"
+  log "[$name] agent /metrics: served $served bytes (from its store: $local_b), read" \
+    "$origin_b bytes from the origin; redis_up $redis_up; tamper protection: ${tamper:-?}"
   [ "$served" -gt 0 ] || fail "the agent served no bytes"
   [ "$served" -ge $((3 * SIZE)) ] || fail "served $served bytes, expected >= 3 x $SIZE (3 loads)"
   [ "$local_b" -ge $((2 * SIZE)) ] || fail "the warm loads were not served from the store ($local_b bytes)"

@@ -3,24 +3,24 @@
 `podman kube play` runs (podman 4.3 plays Pods, not DaemonSets), doing what the kubelet would
 do on one node and nothing more:
 
-- env `valueFrom`: fieldRef (spec.nodeName, metadata.*, status.podIP/hostIP) and
+- env `valueFrom`: fieldRef (spec.nodeName, metadata.name/namespace, status.podIP/hostIP,
+  spec.serviceAccountName) and
   secretKeyRef/configMapKeyRef (from the Secrets and ConfigMaps in the rendered stream or
   in --objects files) become values; `$(VAR)` references are expanded as the kubelet does;
 - `secret` and `configMap` volumes become hostPath directories written under DIR/volumes in
   the kubelet's layout (a timestamped directory, `..data` and one symbolic link per key,
-  files of defaultMode/mode, owned by root);
+  files of defaultMode/mode, owned by root, of the pod's fsGroup and group-readable if set);
 - every hostPath path P becomes DIR/node/P (the node's filesystem, in the test's directory),
   and every emptyDir a directory DIR/volumes/NAME (podman 4.3 would share one named volume
   between pods);
 - restartPolicy becomes OnFailure (podman 4.3 would rerun finished init containers under
   Always);
-- probes are removed (podman 4.3 would run them as in-container curl, which the image does
-  not have, on timers that need systemd) and written to DIR/probes.json, with named ports
+- probes are removed (podman 4.3 turns an httpGet probe into a healthcheck running curl
+  inside the container, which the image does not have) and written to DIR/probes.json, with named ports
   resolved, for the test to call;
 - the pod runs on the host's network (hostNetwork: true), so that loopback servers (Redis,
   Azurite) and the probes' ports are reachable as on a node; the containers' port lists,
   information only there, are dropped (podman 4.3 refuses them with the host's network);
-
 - init containers are kept once they have run (podman's annotation for that), so that their
   exit status can be checked.
 
@@ -97,8 +97,10 @@ class Node:
     def host_path(self, path):
         return os.path.join(self.dir, "node", path.lstrip("/"))
 
-    def write_volume(self, vol_name, kind, name, items, default_mode):
-        """A Secret or ConfigMap volume the way the kubelet's atomic writer lays it out."""
+    def write_volume(self, vol_name, kind, name, items, default_mode, fs_group):
+        """A Secret or ConfigMap volume the way the kubelet's atomic writer lays it out; with
+        the pod's fsGroup, files are of that group and group-readable (the kubelet's volume
+        ownership for a read-only volume)."""
         data = self.objects.get((kind, name))
         if data is None:
             die(f"volume {vol_name}: {kind} {name} is neither rendered nor given with --objects")
@@ -115,7 +117,14 @@ class Node:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with open(dest, "wb") as f:
                 f.write(data[it["key"]])
-            os.chmod(dest, it.get("mode", default_mode))
+            mode = it.get("mode", default_mode)
+            if fs_group is not None:
+                os.chown(dest, 0, fs_group)
+                mode |= 0o440
+            os.chmod(dest, mode)
+        if fs_group is not None:
+            os.chown(real, 0, fs_group)
+            os.chmod(real, 0o2755)
         os.symlink(stamp, os.path.join(root, "..data"))
         for it in files:
             top = it["path"].split("/")[0]
@@ -265,7 +274,8 @@ def main():
             kind = "Secret" if "secret" in v else "ConfigMap"
             src = v["secret"] if kind == "Secret" else v["configMap"]
             ref = src.get("secretName") if kind == "Secret" else src.get("name")
-            root = node.write_volume(name, kind, ref, src.get("items"), src.get("defaultMode", 0o644))
+            root = node.write_volume(name, kind, ref, src.get("items"), src.get("defaultMode", 0o644),
+                                     (spec.get("securityContext") or {}).get("fsGroup"))
             v = {"name": name, "hostPath": {"path": root, "type": "Directory"}}
         elif "emptyDir" in v:
             # podman 4.3 plays an emptyDir as a named volume, shared by every pod that names
