@@ -49,6 +49,7 @@ readonly CONTAINER=models BLOB=e2e/model-00001-of-00001.safetensors
 readonly SEED=41 SIZE=$((48 * 1048576 + 4321))
 readonly WORKLOAD_UID=10002
 readonly START_S=30 READY_S=60 LOAD_S=180 STOP_S=45 # bounded waits, seconds
+readonly PODMAN_S=120 # any other podman command (play, run, rm)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/podman/containers.conf}
 
 log() { printf '[%s k8s_e2e] %s\n' "$(date +%T)" "$*"; }
@@ -110,7 +111,7 @@ cleanup() {
   local rc=$? p pid
   trap - ERR
   for p in "${PODS[@]}"; do
-    podman pod rm -f -t 5 "$p" >/dev/null 2>&1 || echo "k8s_e2e: note: could not remove pod $p" >&2
+    timeout "$PODMAN_S" podman pod rm -f -t 5 "$p" >/dev/null 2>&1 || echo "k8s_e2e: note: could not remove pod $p" >&2
   done
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
@@ -259,7 +260,7 @@ scenario() {
   STEP=$name/play
   t=$(date +%s%N)
   PODS+=("$agent_pod")
-  podman kube play "$SC/pod.yaml" >"$SC/play.log" 2>&1 ||
+  timeout "$PODMAN_S" podman kube play "$SC/pod.yaml" >"$SC/play.log" 2>&1 ||
     fail "podman kube play failed: $(cat "$SC/play.log")"
   ready=0
   for ((i = 0; i < READY_S * 10; i++)); do
@@ -407,7 +408,7 @@ spec:
 EOF
   t=$(date +%s%N)
   PODS+=("workload-$name-$RUN")
-  podman kube play "$SC/workload.yaml" >"$SC/play-workload.log" 2>&1 ||
+  timeout "$PODMAN_S" podman kube play "$SC/workload.yaml" >"$SC/play-workload.log" 2>&1 ||
     fail "podman kube play (workload) failed: $(cat "$SC/play-workload.log")"
   rc=$(timeout "$LOAD_S" podman wait "workload-$name-$RUN-loader" 2>/dev/null) ||
     fail "the workload did not finish within $LOAD_S s"
@@ -443,7 +444,8 @@ EOF
 
   STEP=$name/stop
   t=$(date +%s%N)
-  podman pod stop -t "$STOP_S" "$agent_pod" >/dev/null 2>&1 || fail "podman pod stop failed"
+  timeout $((STOP_S + 30)) podman pod stop -t "$STOP_S" "$agent_pod" >/dev/null 2>&1 ||
+    fail "podman pod stop failed"
   rc=$(podman inspect --format '{{.State.ExitCode}}' "$agent_pod-agent")
   [ "$rc" = 0 ] || fail "the agent exited $rc on SIGTERM"
   log "[$name] ok: agent stopped (SIGTERM) with status 0 in $(secs "$(ms_since "$t")") s"
@@ -457,7 +459,7 @@ metadata: {name: e2e-redis, namespace: $NAMESPACE}
 stringData: {password: "$REDIS_PASSWORD"}
 EOF
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --no-auth-warning -a "$REDIS_PASSWORD" "$@"; }
-podman run --rm --pull=never --entrypoint cat "$IMAGE" /usr/lib/blobswarm/libblobswarm.so \
+timeout "$PODMAN_S" podman run --rm --pull=never --entrypoint cat "$IMAGE" /usr/lib/blobswarm/libblobswarm.so \
   >"$T/image-shim.so" || fail "cannot read the shim out of $IMAGE"
 # What the workload runs: where the streamer would find the shim, (a) the library the env
 # var names and (b) the auto-discovery path in site-packages; for each, the streamer's load
@@ -485,7 +487,7 @@ for route, lib, runs in routes:
             sys.exit(rc)
 EOF
 # The workload image's site-packages, found as docs/kubernetes.md says.
-PURELIB=$(podman run --rm --pull=never "$WORKLOAD" python3 -c \
+PURELIB=$(timeout "$PODMAN_S" podman run --rm --pull=never "$WORKLOAD" python3 -c \
   'import sysconfig; print(sysconfig.get_paths()["purelib"])') || fail "no python3 in $WORKLOAD"
 chmod 0755 "$T" "$T/loader"
 chmod 0644 "$T/loader/loader.py"
