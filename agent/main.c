@@ -157,7 +157,9 @@ static const struct bs_cfg_entry agent_settings[] = {
     {"BLOBSWARM_PEER_DOWNLOADS", BS_CFG_INT, 1, 1024, "8", F(peer_downloads),
      "chunk fetches from peers at once", 0},
     {"BLOBSWARM_PEER_TIMEOUT_MS", BS_CFG_MS, 100, 600000, "10000", F(peer_timeout_ms),
-     "one fetch from a holder; past it (or a stall of half of it) the next holder is tried", 0},
+     "a fetch from a holder that receives no byte for half of this is dropped and the next "
+     "holder tried; waits on other agents end this long after LEASE_WAIT_MS",
+     0},
     {"BLOBSWARM_PEER_WINDOW_MS", BS_CFG_MS, 1000, 600000, "30000", F(peer_window_ms),
      "a signed peer request is accepted this long either side of its timestamp", 0},
     {"BLOBSWARM_PEER_MAX_WAIT_MS", BS_CFG_MS, 0, 600000, "30000", F(peer_max_wait_ms),
