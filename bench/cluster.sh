@@ -1,0 +1,519 @@
+#!/usr/bin/env bash
+# bench/cluster.sh: a cold cluster load, N nodes (default 8) loading one >= 1 GiB
+# safetensors-shaped model at once over shaped links, measured in the same run for three
+# systems, each starting cold:
+#   nocache    each node's shim reads Azure directly (through the origin proxy)
+#   nginx      a caching nginx per node (proxy_cache + slice 8m) between its shim and Azure
+#   blobswarm  Redis + one agent per node, the shims asking their agent
+# For each: origin bytes / model size, per-node completion, last node / ideal. Then
+# warm-from-peer (a fresh node loads the model the others hold) and Redis work per GiB per
+# node with an extrapolation to 1,000 nodes. Writes a data file and a PNG (completion CDF).
+# The cluster itself (namespaces, shaped links, origin proxy, Redis, agents, loads) is
+# tests/tools/cluster.sh, shared with the cluster tests. See bench/README.md.
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH_NAME=cluster
+MODEL_MB="${BENCH_MODEL_MB:-1024}" # model size in MiB (>= 1024 for the real figure)
+{ [[ "$MODEL_MB" =~ ^[0-9]+$ ]] && [ "$MODEL_MB" -ge 1 ]; } || {
+  echo "BENCH_MODEL_MB='$MODEL_MB' is not a positive whole number of MiB" >&2
+  exit 2
+}
+BENCH_SIZE=$((MODEL_MB * 1048576))
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
+# shellcheck source=../tests/tools/cluster.sh
+. "$ROOT/tests/tools/cluster.sh"
+
+# ---- knobs (environment; BUILD, STEP_TIMEOUT, KEEP, SHIM_LIB, READER: lib.sh) -------------
+NODES="${BENCH_NODES:-8}"                       # nodes loading at once
+NODE_MBIT="${BENCH_NODE_MBIT:-200}"             # each node's link, each way (tc HTB)
+ORIGIN_MBIT="${BENCH_ORIGIN_MBIT:-400}"         # the origin link, all nodes together
+SYSTEMS="${BENCH_SYSTEMS:-nocache nginx blobswarm}"
+WARM="${BENCH_WARM:-1}"                         # 1: warm-from-peer after blobswarm
+THREADS="${BENCH_PARALLEL:-8}"                  # blobswarm-read threads per node
+PIECE="${BENCH_CHUNK:-8388608}"                 # blob_read bytes per call
+SLICE="${BENCH_NGINX_SLICE:-8m}"                # nginx slice size
+LOAD_S="${BENCH_LOAD_S:-480}"                   # one node's load, at most
+IDLE_S="${BENCH_IDLE_S:-10}"                    # quiet window for Redis background commands
+PLOT="${BENCH_PLOT-$ROOT/docs/img/cluster-bench.png}" # PNG ('' for none)
+DATA="${BENCH_DATA-${PLOT%.png}.dat}"           # per-node completion times ('' for none)
+X_NODES="${BENCH_X_NODES:-1000}"                # extrapolation: nodes
+X_MODEL_GB="${BENCH_X_MODEL_GB:-140}"           # extrapolation: model size, 10^9 bytes
+X_NODE_GBIT="${BENCH_X_NODE_GBIT:-25 50 100 200}" # extrapolation: node links, Gbit/s
+X_ORIGIN_GBIT="${BENCH_X_ORIGIN_GBIT:-200}"     # extrapolation: account egress, Gbit/s
+X_REDIS_UTIL="${BENCH_X_REDIS_UTIL:-0.5}"       # extrapolation: busy share one Redis core may run at
+# The agents' settings beyond what cluster.sh sets (space-separated VAR=VALUE).
+AGENT_ENV="${BENCH_AGENT_ENV:-BLOBSWARM_READAHEAD=1 BLOBSWARM_LOG_LEVEL=warn}"
+
+NGINX_PORT=18080      # the node's nginx, front (x-ms-range -> Range), on the node's loopback
+NGINX_CACHE_PORT=18081 # its caching server (slice, proxy_cache), same nginx
+SEED=21               # model body: bs-gendata --seed SEED
+MAX_NODES=64          # a sanity bound for this machine
+CPU_HZ=$(getconf CLK_TCK)
+
+for v in NODES NODE_MBIT ORIGIN_MBIT THREADS PIECE LOAD_S IDLE_S X_NODES X_MODEL_GB X_ORIGIN_GBIT; do
+  { is_uint "${!v}" && [ "${!v}" -ge 1 ]; } || die "$v='${!v}' is not a positive integer"
+done
+[ "$NODES" -le "$MAX_NODES" ] || die "BENCH_NODES must be 1..$MAX_NODES"
+[ "$SIZE" -gt $((8 + HEADER_JSON_BYTES)) ] || die "BENCH_MODEL_MB is too small"
+[ "$SIZE" -ge "$GIB" ] || log "note: BENCH_MODEL_MB=$MODEL_MB is below 1 GiB (a smoke run)"
+[[ "$SLICE" =~ ^[0-9]+[km]$ ]] || die "BENCH_NGINX_SLICE='$SLICE' is not a size like 8m"
+[[ "$X_REDIS_UTIL" =~ ^0?\.[0-9]+$|^1(\.0*)?$ ]] || die "BENCH_X_REDIS_UTIL must be in (0, 1]"
+for g in $X_NODE_GBIT; do { is_uint "$g" && [ "$g" -ge 1 ]; } || die "BENCH_X_NODE_GBIT: '$g'"; done
+for s in $SYSTEMS; do
+  case "$s" in nocache | nginx | blobswarm) ;; *) die "unknown system '$s' (nocache nginx blobswarm)" ;; esac
+done
+[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, tc)"
+
+# ---- tools: nginx (with the slice module) and gnuplot are installed when missing ---------
+apt_install() {
+  log "installing $* (apt-get)"
+  DEBIAN_FRONTEND=noninteractive timeout "$STEP_TIMEOUT" apt-get install -y -q \
+    --no-install-recommends "$@" >/dev/null 2>&1 ||
+    { timeout "$STEP_TIMEOUT" apt-get update -q >/dev/null 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive timeout "$STEP_TIMEOUT" apt-get install -y -q \
+        --no-install-recommends "$@" >/dev/null; } || die "could not install $*"
+}
+if [[ " $SYSTEMS " == *" nginx "* ]]; then
+  command -v nginx >/dev/null || apt_install nginx-light
+  nginx -V 2>&1 | grep -q -- --with-http_slice_module || die "this nginx has no slice module"
+fi
+if [ -n "$PLOT" ] && ! command -v gnuplot >/dev/null; then apt_install gnuplot-nox; fi
+need_tools
+need_azurite
+for f in "$SHIM_LIB" "$READER" "$BUILD/agent/blobswarm-agent" "$BUILD/tests/bs-gendata"; do
+  [ -e "$f" ] || die "$f is missing: build first (make build)"
+done
+
+# ---- lifetime ------------------------------------------------------------------------------
+# cl_init replaces lib.sh's EXIT trap with its own (cl_down_hook, then cl_down): the hook
+# stops Azurite; the work directory goes after the cluster is down.
+WORK="$(mktemp -d /tmp/bscluster.XXXXXX)"
+cl_down_hook() { stop_azurite; }
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  set +e
+  cl_down_hook
+  cl_down
+  if [ "$KEEP" != 1 ]; then rm -rf "$WORK"; else log "kept $WORK"; fi
+  exit "$rc"
+}
+
+# ---- model and cluster -----------------------------------------------------------------------
+MODEL="$WORK/model.safetensors"
+make_blob "$MODEL" "$SEED" "$BUILD/tests/bs-gendata"
+SHA="$(sha256sum "$MODEL" | cut -d' ' -f1)"
+AZURITE_STORE_ARGS=(--inMemoryPersistence)
+start_azurite 127.0.0.1
+upload_blob "$MODEL" --public --single-shot # public: nginx caches anonymous answers
+rm -f "$MODEL"
+
+export CL_BUILD="$BUILD" CL_LOAD_S="$LOAD_S" CL_KEEP="$KEEP"
+cl_init "$WORK/cl" || die "cl_init failed"
+trap on_exit EXIT
+cl_net $((NODES + 1)) "$NODE_MBIT" "$ORIGIN_MBIT" || die "cl_net failed" # node N+1: the fresh node
+cl_origin "http://$AZ_HOST:$AZ_PORT" || die "cl_origin failed"
+
+# Figures every system shares.
+MIB_S_NODE=$(awk -v m="$NODE_MBIT" 'BEGIN { printf "%.2f", m * 1e6 / 8 / 1048576 }')
+MIB_S_ORIGIN=$(awk -v m="$ORIGIN_MBIT" 'BEGIN { printf "%.2f", m * 1e6 / 8 / 1048576 }')
+IDEAL_S=$(awk -v s="$SIZE" -v n="$NODE_MBIT" -v o="$ORIGIN_MBIT" \
+  'BEGIN { a = s * 8 / (n * 1e6); b = s * 8 / (o * 1e6); printf "%.2f", (a > b ? a : b) }')
+log "model $(awk -v s="$SIZE" 'BEGIN { printf "%.0f MiB", s / 1048576 }'), $NODES nodes," \
+  "node links $NODE_MBIT Mbit/s ($MIB_S_NODE MiB/s), origin $ORIGIN_MBIT Mbit/s" \
+  "($MIB_S_ORIGIN MiB/s): ideal ${IDEAL_S}s"
+
+: >"$WORK/times" # "system node seconds" rows
+SUMMARY=()
+
+# ---- one cluster load --------------------------------------------------------------------------
+# cluster_load SYSTEM: loads the model on nodes 1..NODES at once (CL_LOAD_ENV already set),
+# each verified against the SHA-256; appends "SYSTEM I SECONDS" to WORK/times, where SECONDS
+# is from the common start to the end of node I's reads (its launch offset plus the read
+# time blobswarm-read reports, so the SHA-256 check after the reads is not counted).
+cluster_load() {
+  local sys="$1" i t0 launch secs bad=0
+  local -a off=()
+  t0=$(date +%s.%N)
+  for ((i = 1; i <= NODES; i++)); do
+    off[i]=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
+    cl_load_bg "$i" --container "$CONTAINER" --blob "$BLOB" --size "$SIZE" \
+      --threads "$THREADS" --chunk-bytes "$PIECE" --sha256 "$SHA" --json
+  done
+  for ((i = 1; i <= NODES; i++)); do
+    if ! cl_load_wait "$i"; then
+      log "$sys: node $i failed (exit ${CL_LOAD_RC[$i]:-?}): $(tail -n 5 "$CL_DIR/n$i/load.log")"
+      bad=1
+      continue
+    fi
+    secs=$(sed -n 's/^{.*"seconds":\([0-9.]*\).*"verified":true.*/\1/p' "$CL_DIR/n$i/load.log" | head -n1)
+    [ -n "$secs" ] || { log "$sys: node $i: no verified read in its output"; bad=1; continue; }
+    launch=$(awk -v o="${off[i]}" -v s="$secs" 'BEGIN { printf "%.3f", o + s }')
+    echo "$sys $i $launch" >>"$WORK/times"
+    cp "$CL_DIR/n$i/load.log" "$WORK/load.$sys.$i.log"
+  done
+  [ "$bad" -eq 0 ] || die "$sys: a load failed (see above)"
+}
+
+# report_system SYSTEM EXTRA_JSON: origin bytes and completion figures of the last load.
+report_system() {
+  local sys="$1" extra="${2:-}" ob ratio stats
+  ob=$(cl_origin_bytes)
+  ratio=$(awk -v b="$ob" -v s="$SIZE" 'BEGIN { printf "%.3f", b / s }')
+  # first median last, and the node times in node order
+  stats=$(awk -v s="$sys" '$1 == s { print $3, $2 }' "$WORK/times" | sort -g |
+    awk '{ v[NR] = $1; t[$2] = $1 }
+    END { n = NR; m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+          list = ""; for (i = 1; i <= n; i++) list = list (i > 1 ? "," : "") t[i]
+          printf "%.2f %.2f %.2f %s\n", v[1], m, v[n], list }')
+  local first median last list over
+  read -r first median last list <<<"$stats"
+  over=$(awk -v l="$last" -v i="$IDEAL_S" 'BEGIN { printf "%.2f", l / i }')
+  SUMMARY+=("$(printf '%-10s %11s %9s %9s %9s %9s %11s' "$sys" "$(awk -v b="$ob" 'BEGIN { printf "%.2f GiB", b / 1073741824 }')" \
+    "${ratio}x" "${first}s" "${median}s" "${last}s" "${over}x")")
+  log "$sys: origin $ob bytes (${ratio}x model), nodes done in ${first}..${last}s (median ${median}s), last/ideal ${over}"
+  printf 'RESULT {"bench":"cluster","system":"%s","nodes":%d,"model_bytes":%d,"node_mbit":%d,"origin_mbit":%d,"threads":%d,"origin_bytes":%d,"origin_ratio":%s,"ideal_s":%s,"first_s":%s,"median_s":%s,"last_s":%s,"last_over_ideal":%s,"node_s":[%s]%s,"load":"%s"}\n' \
+    "$sys" "$NODES" "$SIZE" "$NODE_MBIT" "$ORIGIN_MBIT" "$THREADS" "$ob" "$ratio" "$IDEAL_S" \
+    "$first" "$median" "$last" "$over" "$list" "$extra" "$(loadavg)"
+}
+
+# ---- (a) no cache ----------------------------------------------------------------------------
+run_nocache() {
+  log "nocache: $NODES shims read the origin directly"
+  CL_LOAD_ENV=(BLOBSWARM_AGENT=off)
+  cl_origin_reset
+  cluster_load nocache
+  report_system nocache
+}
+
+# ---- (b) nginx per node -------------------------------------------------------------------
+# nginx_conf DIR: the node's nginx. The front server turns the Azure client's x-ms-range into
+# Range (the slice and range filters read only Range) and passes on to the caching server,
+# which fetches SLICE-sized slices anonymously from the origin (public container; no
+# Authorization passed, so answers are cacheable and keyed by path and slice alone), one
+# fetch per slice at a time (proxy_cache_lock).
+nginx_conf() {
+  local d="$1" up="${CL_ORIGIN_URL#http://}"
+  cat <<EOF
+# one node's caching proxy (bench/cluster.sh); runs in the node's namespace as root
+user root;
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+  proxy_cache_path $d/cache levels=1:2 keys_zone=blobs:16m max_size=$((SIZE * 2 / 1048576 + 256))m
+                   inactive=1h use_temp_path=off;
+  upstream origin { server $up; keepalive 32; }
+  upstream cache { server 127.0.0.1:$NGINX_CACHE_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location = /__ready { return 204; }
+    location / {
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Range \$http_x_ms_range;
+      proxy_set_header x-ms-range "";
+      proxy_buffering off;
+      proxy_read_timeout ${LOAD_S}s;
+      proxy_pass http://cache;
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_CACHE_PORT;
+    location / {
+      slice $SLICE;
+      proxy_cache blobs;
+      proxy_cache_key \$uri\$slice_range;
+      proxy_cache_valid 200 206 1h;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout ${LOAD_S}s;
+      proxy_cache_lock_age ${LOAD_S}s;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Range \$slice_range;
+      proxy_set_header x-ms-range "";
+      proxy_set_header Authorization "";
+      proxy_read_timeout ${LOAD_S}s;
+      proxy_pass http://origin;
+    }
+  }
+}
+EOF
+}
+
+NGINX_PIDS=()
+stop_nginx() {
+  local p
+  for p in "${NGINX_PIDS[@]}"; do stop_pid "$p"; done
+  NGINX_PIDS=()
+}
+
+run_nginx() {
+  local i d k ok
+  log "nginx: a caching nginx per node (slice $SLICE) in front of the origin"
+  for ((i = 1; i <= NODES; i++)); do
+    d="$CL_DIR/n$i/nginx"
+    mkdir -p "$d/tmp" "$d/cache"
+    nginx_conf "$d" >"$d/nginx.conf"
+    cl_spawn "nginx$i" ip netns exec "${CL_ID}n$i" timeout -k 5 "$MAX_SECONDS" \
+      nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf"
+    NGINX_PIDS+=("$CL_SPAWN_PID")
+  done
+  for ((i = 1; i <= NODES; i++)); do
+    ok=0
+    for ((k = 0; k < 100; k++)); do
+      if cl_ns_exec "$i" curl -fsS --max-time 1 -o /dev/null "http://127.0.0.1:$NGINX_PORT/__ready" 2>/dev/null; then
+        ok=1
+        break
+      fi
+      sleep 0.1
+    done
+    [ "$ok" -eq 1 ] || die "nginx on node $i did not start: $(tail -n 5 "$CL_DIR/n$i/nginx/error.log" 2>/dev/null)"
+  done
+  CL_LOAD_ENV=(BLOBSWARM_AGENT=off AZURE_STORAGE_CONNECTION_STRING=
+    "BLOBSWARM_BLOB_ENDPOINT=http://127.0.0.1:$NGINX_PORT/$ACCOUNT"
+    AZURE_POD_IDENTITY_AUTHORITY_HOST=http://127.0.0.1:9)
+  cl_origin_reset
+  cluster_load nginx
+  report_system nginx
+  stop_nginx
+  for ((i = 1; i <= NODES; i++)); do rm -rf "$CL_DIR/n$i/nginx/cache"; done
+}
+
+# ---- (c) blobswarm -----------------------------------------------------------------------------
+# redis_info: "commands cpu_ticks calls usec net_in net_out" of the Redis server now.
+redis_info() {
+  local info st
+  info=$(cl_redis_cli INFO all | tr -d '\r') || die "cannot read Redis INFO"
+  st=$(sed 's/.*) //' "/proc/$CL_REDIS_PID/stat") || die "cannot read redis-server's /proc stat"
+  awk -v st="$st" -F'[:,=]' '
+    $1 == "total_commands_processed" { c = $2 }
+    $1 == "total_net_input_bytes" { ni = $2 }
+    $1 == "total_net_output_bytes" { no = $2 }
+    $1 ~ /^cmdstat_/ { for (k = 2; k < NF; k += 2) { if ($k == "calls") calls += $(k + 1); if ($k == "usec") usec += $(k + 1) } }
+    END { split(st, f, " "); printf "%d %d %d %d %d %d\n", c, f[12] + f[13], calls, usec, ni, no }' <<<"$info"
+}
+
+# agent_counters I: "commands bytes_out bytes_in" of agent I's Redis client.
+agent_counters() {
+  printf '%s %s %s\n' "$(cl_metric "$1" blobswarm_redis_commands_total)" \
+    "$(cl_metric "$1" blobswarm_redis_bytes_total 'dir="out"')" \
+    "$(cl_metric "$1" blobswarm_redis_bytes_total 'dir="in"')"
+}
+
+# start_agent I: agent I with the bench's settings.
+start_agent() {
+  # shellcheck disable=SC2086 # AGENT_ENV: VAR=VALUE words
+  cl_agent_start "$1" $AGENT_ENV || die "agent $1 did not start"
+}
+
+REDIS_JSON=""
+run_blobswarm() {
+  local i r0 r1 a1 cmds ticks calls usec nin nout
+  local -a before=()
+  log "blobswarm: Redis and an agent per node"
+  cl_redis || die "cl_redis failed"
+  cl_secret || die "cl_secret failed"
+  for ((i = 1; i <= NODES; i++)); do start_agent "$i"; done
+  CL_LOAD_ENV=()
+  for ((i = 1; i <= NODES; i++)); do before[i]=$(agent_counters "$i"); done
+  r0=$(redis_info)
+  cl_origin_reset
+  cluster_load blobswarm
+  r1=$(redis_info)
+  # Per node: commands and bytes per GiB it loaded; the source of what its agent served.
+  local per_node="" srcs="" gib
+  gib=$(awk -v s="$SIZE" 'BEGIN { printf "%.6f", s / 1073741824 }')
+  for ((i = 1; i <= NODES; i++)); do
+    a1=$(agent_counters "$i")
+    per_node+="$(awk -v a="${before[i]}" -v b="$a1" -v g="$gib" 'BEGIN { split(a, x, " "); split(b, y, " ")
+      printf "%.1f %.0f\n", (y[1] - x[1]) / g, (y[2] - x[2] + y[3] - x[3]) / g }')"$'\n'
+    srcs+="$(printf '%s %s %s %s %s' "$i" \
+      "$(cl_metric "$i" blobswarm_agent_served_bytes_total 'source="local"')" \
+      "$(cl_metric "$i" blobswarm_agent_served_bytes_total 'source="peer"')" \
+      "$(cl_metric "$i" blobswarm_agent_served_bytes_total 'source="origin"')" \
+      "$(cl_metric "$i" blobswarm_agent_origin_bytes_total)")"$'\n'
+  done
+  printf '%s' "$srcs" >"$WORK/sources"
+  read -r cmds ticks calls usec nin nout < <(awk -v a="$r0" -v b="$r1" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    for (k = 1; k <= 6; k++) printf "%d ", y[k] - x[k]; print "" }')
+  # Background work (heartbeats, refreshes) while nobody loads: commands per node per second.
+  local q0 q1 bg_rate
+  q0=$(redis_info)
+  sleep "$IDLE_S"
+  q1=$(redis_info)
+  bg_rate=$(awk -v a="$q0" -v b="$q1" -v n="$NODES" -v s="$IDLE_S" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    printf "%.2f", (y[1] - x[1] - 1) / n / s }') # the first INFO is not the agents'
+  REDIS_JSON=$(awk -v pn="$per_node" -v cmds="$cmds" -v ticks="$ticks" -v hz="$CPU_HZ" \
+    -v calls="$calls" -v usec="$usec" -v nin="$nin" -v nout="$nout" -v n="$NODES" -v g="$gib" \
+    -v bg="$bg_rate" 'BEGIN {
+      m = split(pn, rows, "\n"); k = 0
+      for (r = 1; r <= m; r++) if (rows[r] != "") { split(rows[r], f, " "); c += f[1]; b += f[2]; if (f[1] > cmax) cmax = f[1]; k++ }
+      agent_c = (k ? c / k : 0); agent_b = (k ? b / k : 0)
+      srv_c = cmds / n / g; srv_b = (nin + nout) / n / g
+      # Too few commands for the 1/HZ CPU clock: -1 (not measured).
+      cpu_us = (cmds >= 1000 ? ticks / hz * 1e6 / cmds : -1); call_us = (calls ? usec / calls : 0)
+      printf "{\"agent_cmds_per_gib_node\":%.1f,\"agent_cmds_per_gib_node_max\":%.1f,\"agent_bytes_per_gib_node\":%.0f,", agent_c, cmax, agent_b
+      printf "\"server_cmds\":%d,\"server_cmds_per_gib_node\":%.1f,\"server_bytes_per_gib_node\":%.0f,", cmds, srv_c, srv_b
+      printf "\"server_cpu_s\":%.3f,\"cpu_us_per_cmd\":%.2f,\"usec_per_call\":%.2f,\"idle_cmds_per_node_s\":%s}", ticks / hz, cpu_us, call_us, bg
+    }')
+  report_system blobswarm ",\"redis\":$REDIS_JSON"
+}
+
+# ---- warm from peer --------------------------------------------------------------------------
+run_warm() {
+  local f=$((NODES + 1)) secs mibs ratio ob peer origin
+  log "warm-from-peer: node $f (empty store) loads while nodes 1..$NODES hold the model"
+  start_agent "$f"
+  CL_LOAD_ENV=()
+  cl_origin_reset
+  cl_load "$f" --container "$CONTAINER" --blob "$BLOB" --size "$SIZE" --threads "$THREADS" \
+    --chunk-bytes "$PIECE" --sha256 "$SHA" --json ||
+    die "warm-from-peer load failed: $(tail -n 5 "$CL_DIR/n$f/load.log")"
+  cp "$CL_DIR/n$f/load.log" "$WORK/load.warm.log"
+  secs=$(sed -n 's/^{.*"seconds":\([0-9.]*\).*"verified":true.*/\1/p' "$CL_DIR/n$f/load.log" | head -n1)
+  [ -n "$secs" ] || die "warm-from-peer: no verified read"
+  ob=$(cl_origin_bytes)
+  peer=$(cl_metric "$f" blobswarm_agent_served_bytes_total 'source="peer"')
+  origin=$(cl_metric "$f" blobswarm_agent_served_bytes_total 'source="origin"')
+  mibs=$(awk -v s="$SIZE" -v t="$secs" 'BEGIN { printf "%.2f", s / 1048576 / t }')
+  ratio=$(awk -v m="$mibs" -v l="$MIB_S_NODE" 'BEGIN { printf "%.2f", m / l }')
+  WARM_LINE=$(printf 'warm-from-peer: %.1f s, %s MiB/s = %sx the %s MiB/s link; agent served %s peer, %s origin; origin sent %s' \
+    "$secs" "$mibs" "$ratio" "$MIB_S_NODE" "$(human "$peer")" "$(human "$origin")" "$(human "$ob")")
+  log "$WARM_LINE"
+  printf 'RESULT {"bench":"cluster","case":"warm_from_peer","model_bytes":%d,"node_mbit":%d,"seconds":%s,"mib_per_s":%s,"link_mib_per_s":%s,"ratio":%s,"goal":0.9,"peer_bytes":%d,"agent_origin_bytes":%d,"origin_bytes":%d,"load":"%s"}\n' \
+    "$SIZE" "$NODE_MBIT" "$secs" "$mibs" "$MIB_S_NODE" "$ratio" "$peer" "$origin" "$ob" "$(loadavg)"
+}
+
+human() { awk -v b="$1" 'BEGIN { if (b >= 1073741824) printf "%.2f GiB", b / 1073741824; else printf "%.1f MiB", b / 1048576 }'; }
+
+# ---- Redis extrapolation ---------------------------------------------------------------------
+# From the measured commands per GiB per node (agents' own counters; the server's count when
+# the agents export none), the idle rate and redis-server's CPU per command (from /proc over
+# the whole load: parsing, networking and its timers included, higher than usec_per_call).
+extrapolate() {
+  [ -n "$REDIS_JSON" ] || return 0
+  local per_gib cpu_us bg bytes
+  per_gib=$(sed -n 's/.*"agent_cmds_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+  bytes=$(sed -n 's/.*"agent_bytes_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+  if awk -v c="$per_gib" 'BEGIN { exit !(c == 0) }'; then
+    per_gib=$(sed -n 's/.*"server_cmds_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+    bytes=$(sed -n 's/.*"server_bytes_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+  fi
+  cpu_us=$(sed -n 's/.*"cpu_us_per_cmd":\([-0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+  local cpu_src="CPU per command (/proc over the load)"
+  if awk -v u="$cpu_us" 'BEGIN { exit !(u <= 0) }'; then
+    cpu_us=$(sed -n 's/.*"usec_per_call":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+    cpu_src="usec_per_call (INFO commandstats; too few commands for /proc)"
+  fi
+  bg=$(sed -n 's/.*"idle_cmds_per_node_s":\([-0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+  echo ""
+  printf 'Redis at scale: %s nodes loading a %s GB model at once, origin %s Gbit/s\n' "$X_NODES" "$X_MODEL_GB" "$X_ORIGIN_GBIT"
+  printf '  measured here: %s commands and %s bytes per GiB per node, %s idle commands per node per second,\n' \
+    "$per_gib" "$bytes" "$bg"
+  printf '  redis-server %s us per command, %s; a shard kept at most %s busy\n' "$cpu_us" "$cpu_src" "$X_REDIS_UTIL"
+  printf '  %-10s %9s %14s %12s %13s %12s\n' "node link" "ideal" "commands" "Redis CPU" "Redis cores" "shards"
+  local g
+  : >"$WORK/xresults"
+  for g in $X_NODE_GBIT; do
+    awk -v n="$X_NODES" -v gb="$X_MODEL_GB" -v lg="$g" -v og="$X_ORIGIN_GBIT" -v c="$per_gib" \
+      -v us="$cpu_us" -v bg="$bg" -v u="$X_REDIS_UTIL" -v by="$bytes" -v out="$WORK/xresults" 'BEGIN {
+        a = gb * 8 / lg; b = gb * 8 / og; ideal = (a > b ? a : b)
+        gib = gb * 1e9 / 1073741824
+        cmds = n * gib * c + n * (bg > 0 ? bg : 0) * ideal
+        cpu = cmds * us / 1e6; cores = cpu / ideal; shards = cores / u
+        shards = (shards == int(shards) ? shards : int(shards) + 1); if (shards < 1) shards = 1
+        printf "  %-10s %8.1fs %14.3g %11.0fs %13.2f %12d\n", lg " Gbit/s", ideal, cmds, cpu, cores, shards
+        printf "RESULT {\"bench\":\"cluster\",\"case\":\"redis_extrapolation\",\"nodes\":%d,\"model_gb\":%d,\"node_gbit\":%d,\"origin_gbit\":%d,\"ideal_s\":%.2f,\"commands\":%.0f,\"redis_bytes\":%.0f,\"redis_cpu_s\":%.1f,\"redis_cores\":%.2f,\"shards\":%d,\"cmds_per_gib_node\":%s,\"cpu_us_per_cmd\":%s}\n", \
+          n, gb, lg, og, ideal, cmds, n * gib * by, cpu, cores, shards, c, us >> out
+      }'
+  done
+  cat "$WORK/xresults"
+}
+
+# ---- plot ---------------------------------------------------------------------------------------
+plot() {
+  [ -n "$DATA" ] || return 0
+  local sys first=1
+  mkdir -p "$(dirname "$DATA")"
+  {
+    echo "# bench/cluster.sh: per-node completion, seconds from the common start ($(date -u +%FT%TZ))"
+    echo "# $NODES nodes, model $SIZE bytes, node links $NODE_MBIT Mbit/s, origin $ORIGIN_MBIT Mbit/s, ideal $IDEAL_S s"
+    echo "# one block per system: seconds, fraction of nodes done"
+    for sys in $SYSTEMS; do
+      grep -q "^$sys " "$WORK/times" || continue
+      [ "$first" -eq 1 ] || printf '\n\n'
+      first=0
+      echo "# $sys"
+      awk -v s="$sys" '$1 == s { print $3 }' "$WORK/times" | sort -g |
+        awk -v n="$NODES" 'BEGIN { print "0 0" } { printf "%s %.4f\n", $1, NR / n }'
+    done
+  } >"$DATA"
+  log "wrote $DATA"
+  [ -n "$PLOT" ] || return 0
+  local -a titles=()
+  for sys in $SYSTEMS; do
+    grep -q "^$sys " "$WORK/times" || continue
+    case "$sys" in
+      nocache) titles+=("no cache (shim reads Azure)") ;;
+      nginx) titles+=("nginx cache per node (slice $SLICE)") ;;
+      blobswarm) titles+=("blobswarm (Redis + peers)") ;;
+    esac
+  done
+  local cmd="" k
+  for k in "${!titles[@]}"; do
+    cmd+="${cmd:+, }'$DATA' index $k using 1:2 with steps lw 2 title '${titles[$k]}'"
+  done
+  timeout 60 gnuplot <<EOF || die "gnuplot failed"
+set terminal pngcairo size 900,540 font ",11"
+set output '$PLOT'
+set title "Cold load of a $(human "$SIZE") model on $NODES nodes at once\\nnode links $NODE_MBIT Mbit/s, origin $ORIGIN_MBIT Mbit/s"
+set xlabel 'seconds since all nodes started'
+set ylabel 'nodes done (fraction)'
+set yrange [0:1.05]
+set xrange [0:*]
+set key bottom right
+set grid
+set arrow from $IDEAL_S, graph 0 to $IDEAL_S, graph 1 nohead dt 2 lc rgb 'gray40'
+set label 'ideal ${IDEAL_S}s' at $IDEAL_S, graph 0.5 offset 0.5,0 textcolor rgb 'gray40'
+plot $cmd
+EOF
+  log "wrote $PLOT"
+}
+
+# ---- run ---------------------------------------------------------------------------------------
+WARM_LINE=""
+for s in $SYSTEMS; do "run_$s"; done
+if [ "$WARM" = 1 ] && [[ " $SYSTEMS " == *" blobswarm "* ]]; then run_warm; fi
+
+echo ""
+echo "Cluster load: $NODES nodes at once, model $(human "$SIZE"), node links $NODE_MBIT Mbit/s, origin $ORIGIN_MBIT Mbit/s, ideal ${IDEAL_S}s"
+printf '%-10s %11s %9s %9s %9s %9s %11s\n' system "origin" "x model" "first" "median" "last" "last/ideal"
+printf '%s\n' "${SUMMARY[@]}"
+if [ -s "$WORK/sources" ]; then
+  echo ""
+  echo "blobswarm: what each agent served (local store, peers, its own origin fills)"
+  printf '  %-5s %12s %12s %12s %14s\n' node local peer origin "fetched origin"
+  while read -r i l p o f; do
+    printf '  %-5s %12s %12s %12s %14s\n' "$i" "$(human "$l")" "$(human "$p")" "$(human "$o")" "$(human "$f")"
+  done <"$WORK/sources"
+fi
+if [ -n "$REDIS_JSON" ]; then
+  echo ""
+  echo "Redis during the blobswarm load: $REDIS_JSON"
+  printf 'RESULT {"bench":"cluster","case":"redis","nodes":%d,"model_bytes":%d,"redis":%s}\n' "$NODES" "$SIZE" "$REDIS_JSON"
+fi
+[ -z "$WARM_LINE" ] || { echo ""; echo "$WARM_LINE"; }
+extrapolate
+plot
