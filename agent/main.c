@@ -25,6 +25,10 @@
 #include "httpsrv.h"
 #include "log.h"
 #include "metrics.h"
+#include "peerauth.h"
+#include "peerclient.h"
+#include "peersrv.h"
+#include "redisidx.h"
 #include "service.h"
 #include "store.h"
 #include "unixsrv.h"
@@ -49,6 +53,15 @@ struct agent_config {
     long long origin_connections, origin_deadline_ms;
     char ca_bundle[BS_CFG_STR_MAX];
     char log_level[BS_CFG_STR_MAX];
+    long long fill_stall_ms;
+    /* peer sharing */
+    char redis_url[BS_CFG_STR_MAX], redis_password_file[BS_CFG_STR_MAX];
+    long long redis_timeout_ms;
+    char peer_listen[BS_CFG_STR_MAX], advertise[BS_CFG_STR_MAX];
+    char secret_file[BS_CFG_STR_MAX], node_name[BS_CFG_STR_MAX];
+    long long peer_uploads, peer_downloads, peer_timeout_ms, peer_window_ms, peer_max_wait_ms;
+    long long lease_ms, lease_wait_ms, node_ttl_ms, holder_ttl_ms, max_holders;
+    long long readahead, readahead_workers;
 };
 
 #define F(field) offsetof(struct agent_config, field)
@@ -117,6 +130,54 @@ static const struct bs_cfg_entry agent_settings[] = {
      "CA certificates file for HTTPS to Azure (default: the system store)", 0},
     {"BLOBSWARM_LOG_LEVEL", BS_CFG_STR, 0, 16, "info", F(log_level), "error, warn, info or debug",
      0},
+    {"BLOBSWARM_FILL_STALL_MS", BS_CFG_MS, 100, 600000, "10000", F(fill_stall_ms),
+     "fills count as moving while one ended within this: a request whose wait ran out is then "
+     "told PENDING (ask again) instead of CACHEMISS (read Azure)",
+     0},
+    /* Peer sharing: off unless BLOBSWARM_REDIS_URL is set (docs/protocol.md, "Peers"). */
+    {"BLOBSWARM_REDIS_URL", BS_CFG_STR, 0, 1000, "", F(redis_url),
+     "redis://[:password@]host:port[/db] of the cluster index; empty: no peer sharing", 1},
+    {"BLOBSWARM_REDIS_PASSWORD_FILE", BS_CFG_STR, 0, 1000, "", F(redis_password_file),
+     "file whose first line is the Redis password (overrides the URL's)", 0},
+    {"BLOBSWARM_REDIS_TIMEOUT_MS", BS_CFG_MS, 10, 10000, "250", F(redis_timeout_ms),
+     "connect and command limit for Redis; past it Redis counts as down for a backoff", 0},
+    {"BLOBSWARM_PEER_LISTEN", BS_CFG_STR, 0, 64, "", F(peer_listen),
+     "peer HTTP address IPv4:port (other agents fetch chunks here); required with REDIS_URL", 0},
+    {"BLOBSWARM_ADVERTISE_ADDR", BS_CFG_STR, 0, 63, "", F(advertise),
+     "IPv4:port other agents dial (in Kubernetes the pod IP); default: PEER_LISTEN's", 0},
+    {"BLOBSWARM_CLUSTER_SECRET_FILE", BS_CFG_STR, 0, 1000, "", F(secret_file),
+     "file with the cluster secret (>= 32 bytes, mode 0600 or stricter); required with "
+     "REDIS_URL",
+     0},
+    {"BLOBSWARM_NODE_NAME", BS_CFG_STR, 0, 63, "", F(node_name),
+     "this agent's name in the cluster ([A-Za-z0-9._-]); default: the host name", 0},
+    {"BLOBSWARM_PEER_UPLOADS", BS_CFG_INT, 1, 1024, "16", F(peer_uploads),
+     "chunk bodies sent to peers at once; beyond: 503", 0},
+    {"BLOBSWARM_PEER_DOWNLOADS", BS_CFG_INT, 1, 1024, "8", F(peer_downloads),
+     "chunk fetches from peers at once", 0},
+    {"BLOBSWARM_PEER_TIMEOUT_MS", BS_CFG_MS, 100, 600000, "10000", F(peer_timeout_ms),
+     "one fetch from a holder; past it (or a stall of half of it) the next holder is tried", 0},
+    {"BLOBSWARM_PEER_WINDOW_MS", BS_CFG_MS, 1000, 600000, "30000", F(peer_window_ms),
+     "a signed peer request is accepted this long either side of its timestamp", 0},
+    {"BLOBSWARM_PEER_MAX_WAIT_MS", BS_CFG_MS, 0, 600000, "30000", F(peer_max_wait_ms),
+     "longest a peer request waits for a fill in progress here", 0},
+    {"BLOBSWARM_LEASE_MS", BS_CFG_MS, 500, 600000, "30000", F(lease_ms),
+     "a fill lease (one agent reads a chunk from Azure) expires after this if not released", 0},
+    {"BLOBSWARM_LEASE_WAIT_MS", BS_CFG_MS, 100, 600000, "60000", F(lease_wait_ms),
+     "longest a fill waits on other agents (lease holders) before it reads Azure itself", 0},
+    {"BLOBSWARM_NODE_TTL_MS", BS_CFG_MS, 1000, 600000, "15000", F(node_ttl_ms),
+     "registry entry lifetime (heartbeat every third); also how soon a flushed Redis is noticed",
+     0},
+    {"BLOBSWARM_HOLDER_TTL_MS", BS_CFG_MS, 10000, 604800000, "21600000", F(holder_ttl_ms),
+     "a chunk's holder set expires this long after its last announce", 0},
+    {"BLOBSWARM_MAX_HOLDERS", BS_CFG_INT, 1, 8, "8", F(max_holders),
+     "newest holders kept per chunk in Redis", 0},
+    {"BLOBSWARM_READAHEAD", BS_CFG_INT, 0, 1, "1", F(readahead),
+     "with peers: once a caller with a grant reads a blob version, fetch the rest of it in the "
+     "background (blobs up to a quarter of the store budget)",
+     0},
+    {"BLOBSWARM_READAHEAD_WORKERS", BS_CFG_INT, 0, 256, "0", F(readahead_workers),
+     "fill workers read-ahead may use at once; 0: half of FILL_WORKERS", 0},
 };
 #undef F
 #define NSETTINGS (sizeof(agent_settings) / sizeof(agent_settings[0]))
@@ -243,6 +304,37 @@ static int check_consistent(struct agent_config *c, unsigned *mode, char *err, s
     if (!c->socket_path[0] && !c->listen[0]) {
         snprintf(err, errsz, "neither a socket nor a listen address configured");
         return -EINVAL;
+    }
+    if (c->readahead_workers == 0 || c->readahead_workers > c->fill_workers)
+        c->readahead_workers = c->fill_workers / 2 > 0 ? c->fill_workers / 2 : 1;
+    if (c->redis_url[0]) {
+        if (!c->peer_listen[0] || !c->secret_file[0]) {
+            snprintf(err, errsz,
+                     "BLOBSWARM_REDIS_URL needs BLOBSWARM_PEER_LISTEN and "
+                     "BLOBSWARM_CLUSTER_SECRET_FILE");
+            return -EINVAL;
+        }
+        if (c->max_per_peer < c->peer_downloads) {
+            /* A peer keeps up to PEER_DOWNLOADS connections to us; beyond the per-IP limit
+             * they would be dropped unanswered and read as "peer dead". */
+            snprintf(err, errsz, "need MAX_CLIENTS_PER_PEER (%lld) >= PEER_DOWNLOADS (%lld)",
+                     c->max_per_peer, c->peer_downloads);
+            return -EINVAL;
+        }
+        if (!c->advertise[0]) {
+            if (strncmp(c->peer_listen, "0.0.0.0:", 8) == 0) {
+                snprintf(err, errsz,
+                         "BLOBSWARM_PEER_LISTEN is 0.0.0.0: set "
+                         "BLOBSWARM_ADVERTISE_ADDR (in Kubernetes the pod IP)");
+                return -EINVAL;
+            }
+            snprintf(c->advertise, sizeof(c->advertise), "%s", c->peer_listen);
+        }
+        if (!c->node_name[0] && gethostname(c->node_name, 63) != 0) {
+            snprintf(err, errsz, "no BLOBSWARM_NODE_NAME and no host name");
+            return -EINVAL;
+        }
+        c->node_name[63] = '\0';
     }
     return 0;
 }
@@ -374,6 +466,10 @@ int main(int argc, char **argv)
     struct bs_service *svc = NULL;
     struct bs_unixsrv *usrv = NULL;
     struct bs_httpsrv *hsrv = NULL;
+    struct bs_peersrv *psrv = NULL;
+    struct bs_peerclient *pclient = NULL;
+    struct bs_redisidx *idx = NULL;
+    static struct bs_peer_secret secret; /* static: large, and the peer modules borrow it */
     if (!metrics)
         goto out;
 
@@ -442,10 +538,66 @@ int main(int argc, char **argv)
         .allowed_endpoints = cfg.allowed,
         .grant_ttl_ms = cfg.grant_ttl_ms,
         .max_grants = (size_t)cfg.max_grants,
+        .fill_stall_ms = cfg.fill_stall_ms,
     };
     svc = bs_service_create(&vo, store, reader, check_reader, metrics, err, sizeof(err));
     if (!svc)
         goto out_err;
+    if (cfg.redis_url[0]) {
+        /* Peer sharing: the secret, the client, the index (its heartbeat re-announces the
+         * store), then the peer server. Redis being down is not an error: it is a hint. */
+        if (bs_peer_secret_load(cfg.secret_file, &secret, err, sizeof(err)) != 0)
+            goto out_err;
+        struct bs_peerclient_opts pco = {
+            .secret = &secret,
+            .node = cfg.node_name,
+            .max_downloads = (int)cfg.peer_downloads,
+            .connect_ms = 1000,
+            .stall_ms = cfg.peer_timeout_ms / 2,
+        };
+        pclient = bs_peerclient_create(&pco, err, sizeof(err));
+        if (!pclient)
+            goto out_err;
+        struct bs_redisidx_opts io = {
+            .url = cfg.redis_url,
+            .password_file = cfg.redis_password_file[0] ? cfg.redis_password_file : NULL,
+            .node = cfg.node_name,
+            .advertise = cfg.advertise,
+            .timeout_ms = cfg.redis_timeout_ms,
+            .node_ttl_ms = cfg.node_ttl_ms,
+            .holder_ttl_ms = cfg.holder_ttl_ms,
+            .lease_ms = cfg.lease_ms,
+            .max_holders = (int)cfg.max_holders,
+        };
+        idx = bs_redisidx_create(&io, metrics, err, sizeof(err));
+        if (!idx)
+            goto out_err;
+        struct bs_service_peers sp = {
+            .idx = idx,
+            .client = pclient,
+            .peer_timeout_ms = cfg.peer_timeout_ms,
+            .lease_wait_ms = cfg.lease_wait_ms,
+            .readahead = (int)cfg.readahead,
+            .readahead_workers = (int)cfg.readahead_workers,
+        };
+        bs_service_set_peers(svc, &sp);
+        bs_redisidx_set_reannounce(idx, bs_service_reannounce, svc);
+        struct bs_peersrv_opts po = {
+            .listen = cfg.peer_listen,
+            .secret = &secret,
+            .window_ms = cfg.peer_window_ms,
+            .max_uploads = (int)cfg.peer_uploads,
+            .max_clients = (int)cfg.max_clients,
+            .max_per_ip = (int)cfg.max_per_peer,
+            .conn_idle_ms = cfg.request_read_ms,
+            .max_wait_ms = cfg.peer_max_wait_ms,
+        };
+        psrv = bs_peersrv_create(&po, svc, metrics, err, sizeof(err));
+        if (!psrv)
+            goto out_err;
+        bs_log(BS_LOG_INFO, "agent", "event=peers node=%s advertise=%s peer_port=%d", cfg.node_name,
+               cfg.advertise, bs_peersrv_port(psrv));
+    }
     if (cfg.socket_path[0]) {
         char dir[BS_CFG_STR_MAX];
         snprintf(dir, sizeof(dir), "%s", cfg.socket_path);
@@ -510,6 +662,10 @@ int main(int argc, char **argv)
     long rest = now < drain_end ? (long)((drain_end - now) / 1000000ull) : 0;
     left += bs_httpsrv_destroy(hsrv, rest);
     hsrv = NULL;
+    now = bs_now_ns();
+    rest = now < drain_end ? (long)((drain_end - now) / 1000000ull) : 0;
+    left += bs_peersrv_destroy(psrv, rest);
+    psrv = NULL;
     if (left > 0 || bs_service_busy(svc) > 0) {
         bs_log(BS_LOG_WARN, "agent",
                "event=exit rc=0 drained=partial requests_left=%d fills_left=%d", left,
@@ -524,7 +680,13 @@ out_err:
 out:
     bs_unixsrv_destroy(usrv, 0);
     bs_httpsrv_destroy(hsrv, 0);
+    bs_peersrv_destroy(psrv, 0);
+    if (idx) /* no re-announce into a service being destroyed (waits for one running) */
+        bs_redisidx_set_reannounce(idx, NULL, NULL);
     bs_service_destroy(svc);
+    bs_redisidx_destroy(idx);
+    bs_peerclient_destroy(pclient);
+    explicit_bzero(&secret, sizeof(secret));
     bs_blobreader_destroy(check_reader);
     bs_blobreader_destroy(reader);
     bs_fetch_destroy(fetch);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "names.h"
+#include "peerclient.h"
+#include "redisidx.h"
 #include "store.h"
 
 #define MAX_CHUNK_INDEX (1ull << 40)
@@ -40,6 +43,22 @@ struct fill_job {
     int rc;
     char err[256];
     pthread_cond_t cv;
+    uint64_t created_ns;
+    struct ra_plan *plan; /* read-ahead job of this plan (NULL: a caller's) */
+    _Atomic int prefetch; /* read-ahead nobody waits for: it skips chunks under a lease */
+    int deferred;         /* a read-ahead that skipped its chunk (lease held elsewhere) */
+    const char *source;   /* where the bytes came from: "origin" or "peer" */
+};
+
+/* Read-ahead of one blob version: chunks (start + pos) mod nchunks, two passes (the second
+ * takes what the first skipped because another agent held its lease). */
+struct ra_plan {
+    struct ra_plan *next;
+    char endpoint[1024], container[80], blob[1100], etag[128];
+    struct bs_delegation auth; /* the first caller's delegated credential (grant checked) */
+    int64_t cred_exp;          /* Unix seconds, 0: none */
+    uint64_t size, nchunks, start, pos;
+    int passes, running;
 };
 
 /* A storage endpoint with fills queued or running (freed when it has none). */
@@ -51,6 +70,8 @@ struct tenant {
 };
 
 #define MAP_BUCKETS 256
+#define MAX_PLANS   32 /* blob versions read ahead at once */
+#define RA_PASSES   2
 #define MAX_CHECKS  256 /* concurrent distinct access checks that are single-flighted */
 
 struct bs_service {
@@ -75,12 +96,17 @@ struct bs_service {
     pthread_cond_t check_cv;
     pthread_mutex_t verify_lock; /* one corruption report verified at a time */
     struct fill_job *map[MAP_BUCKETS];
+    struct bs_service_peers p;
+    struct ra_plan *plans;
+    int nplans, ra_running;
+    uint64_t last_fill_ns; /* the last fill that ended well (monotonic) */
     int stop;
     pthread_t *workers;
     int nworkers;
 
     struct bs_metric *m_requests, *m_served, *m_origin_fetches, *m_origin_bytes, *m_errors,
-        *m_fill_seconds, *m_lookups, *m_grants_checked, *m_fill_queue, *m_refusals;
+        *m_fill_seconds, *m_lookups, *m_grants_checked, *m_fill_queue, *m_refusals, *m_peer_errors,
+        *m_lease_waits, *m_peer_bytes_in, *m_readahead;
 };
 
 static const double fill_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
@@ -177,8 +203,9 @@ static void chunk_key(struct bs_chunk_key *k, char acct[KEY_ACCOUNT_MAX], uint64
     k->index = index;
 }
 
-/* One origin fill: the replaceable "where a missing chunk comes from" step. */
-static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *err, size_t errsz)
+/* Reads the chunk from Azure into buf and stores it; `reason` labels the origin fetch. */
+static int fill_origin(struct bs_service *s, struct fill_job *j, char *buf, const char *reason,
+                       char *err, size_t errsz)
 {
     uint64_t t0 = bs_now_ns();
     const char *account = strrchr(j->endpoint, '/'); /* only for messages */
@@ -186,7 +213,7 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
         bs_blobreader_read_version(s->reader, j->cred, account ? account + 1 : "", j->container,
                                    j->blob, j->etag, buf, j->start, (size_t)j->len, err, errsz);
     if (rc == 0) {
-        bs_metric_add(s->m_origin_fetches, "miss", 1);
+        bs_metric_add(s->m_origin_fetches, reason, 1);
         bs_metric_add(s->m_origin_bytes, NULL, (double)j->len);
         struct bs_chunk_key k;
         char acct[KEY_ACCOUNT_MAX];
@@ -196,10 +223,138 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
             rc = 0;
         if (rc)
             bs_metric_add(s->m_errors, "store_put", 1);
+        j->source = "origin";
     } else {
         bs_metric_add(s->m_errors, "origin", 1);
     }
     bs_metric_observe(s->m_fill_seconds, NULL, (double)(bs_now_ns() - t0) / 1e9);
+    return rc;
+}
+
+/* Fetches the chunk from peer p (asking it to wait up to wait_ms for a fill of its own) and
+ * stores it with the digest the peer's authenticated record vouches for. */
+static enum bs_peer_err fill_peer(struct bs_service *s, struct fill_job *j, const char *tag,
+                                  const struct bs_peer *p, long wait_ms, char *buf, char *err,
+                                  size_t errsz)
+{
+    struct bs_chunk_key k;
+    char acct[KEY_ACCOUNT_MAX];
+    chunk_key(&k, acct, s->o.chunk_size, j->endpoint, j->container, j->blob, j->etag, j->index);
+    struct bs_chunk_id id = {acct, j->container, j->blob, j->etag, j->index};
+    unsigned char digest[32];
+    char perr[200];
+    uint64_t deadline = bs_now_ns() + (uint64_t)(wait_ms + s->p.peer_timeout_ms) * 1000000ull;
+    enum bs_peer_err e = bs_peerclient_fetch(s->p.client, p, &id, j->len, wait_ms, deadline, buf,
+                                             s->o.chunk_size, digest, perr, sizeof(perr));
+    if (e != BS_PEER_OK) {
+        bs_metric_add(s->m_peer_errors, bs_peer_err_name(e), 1);
+        char why[220];
+        bs_name_escape(perr, why, sizeof(why));
+        bs_log(BS_LOG_DEBUG, "service",
+               "event=peer_failed peer=%s kind=%s chunk=%llu detail=\"%s\"", p->node,
+               bs_peer_err_name(e), (unsigned long long)j->index, why);
+        snprintf(err, errsz, "peer %s: %s", p->node, bs_peer_err_name(e));
+        return e;
+    }
+    bs_metric_add(s->m_peer_bytes_in, NULL, (double)j->len);
+    int rc = bs_store_put_digest(s->store, &k, buf, (size_t)j->len, digest, err, errsz);
+    if (rc != 0 && rc != -EEXIST) {
+        bs_metric_add(s->m_errors, "store_put", 1);
+        return BS_PEER_E_HTTP; /* not the peer's fault, but nothing is stored */
+    }
+    j->source = "peer";
+    bs_redisidx_announce(s->p.idx, tag, j->index);
+    return BS_PEER_OK;
+}
+
+static int stopping(struct bs_service *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int stop = s->stop;
+    pthread_mutex_unlock(&s->lock);
+    return stop;
+}
+
+/* Waits ms (bounded by end_ns) unless the service stops. */
+static void pause_ms(struct bs_service *s, long ms, uint64_t end_ns)
+{
+    uint64_t until = bs_now_ns() + (uint64_t)ms * 1000000ull;
+    if (until > end_ns)
+        until = end_ns;
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop && bs_cond_wait_until(&s->work_cv, &s->lock, until) == 0)
+        ;
+    pthread_mutex_unlock(&s->lock);
+}
+
+#define FILL_ROUNDS 8 /* decisions per fill before it reads Azure whatever Redis says */
+
+/* Where a missing chunk comes from. Standalone: Azure. In a cluster, one decision in Redis:
+ * a holder (tried in turn, starting at a place that differs per chunk, so that load spreads
+ * over holders; a dead or empty one is forgotten), else the lease (won: read Azure, then
+ * announce; held by another: ask that agent, which waits for its fill), else Azure. */
+static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *err, size_t errsz)
+{
+    if (!s->p.idx)
+        return fill_origin(s, j, buf, "no_holder", err, errsz);
+    struct bs_chunk_key k;
+    char acct[KEY_ACCOUNT_MAX], tag[BS_IDX_TAG_LEN + 1];
+    chunk_key(&k, acct, s->o.chunk_size, j->endpoint, j->container, j->blob, j->etag, j->index);
+    bs_redisidx_tag(acct, j->container, j->blob, j->etag, tag);
+    uint64_t end_ns =
+        bs_now_ns() + (uint64_t)(s->p.lease_wait_ms + s->p.peer_timeout_ms) * 1000000ull;
+    const char *reason = "lease_timeout";
+    for (int round = 0; round < FILL_ROUNDS && !stopping(s) && bs_now_ns() < end_ns; round++) {
+        struct bs_idx_result r;
+        enum bs_idx_decision d = bs_redisidx_decide(s->p.idx, tag, j->index, &r);
+        if (d == BS_IDX_DOWN)
+            return fill_origin(s, j, buf, "redis_down", err, errsz);
+        if (d == BS_IDX_LEASE_WON) {
+            int rc = fill_origin(s, j, buf, "lease_won", err, errsz);
+            if (rc == 0)
+                bs_redisidx_announce(s->p.idx, tag, j->index);
+            else
+                bs_redisidx_release(s->p.idx, tag, j->index);
+            return rc;
+        }
+        if (d == BS_IDX_HOLDERS) {
+            for (int h = 0; h < r.nholders; h++) {
+                const struct bs_peer *p =
+                    &r.holders[(h + (int)(j->index % (uint64_t)r.nholders)) % r.nholders];
+                enum bs_peer_err e = fill_peer(s, j, tag, p, 0, buf, err, errsz);
+                if (e == BS_PEER_OK)
+                    return 0;
+                if (e == BS_PEER_E_CONNECT || e == BS_PEER_E_NOTFOUND)
+                    bs_redisidx_forget(s->p.idx, tag, j->index, p);
+            }
+            reason = "peer_failed";
+            break;
+        }
+        /* BS_IDX_LEASE_HELD: another agent is reading it from Azure. */
+        if (atomic_load(&j->prefetch)) {
+            j->deferred = 1;
+            snprintf(err, errsz, "read-ahead skipped: another agent is filling it");
+            return -EAGAIN;
+        }
+        long left = (long)((end_ns - bs_now_ns()) / 1000000ull);
+        long wait = r.lease_left_ms + 250 < left ? r.lease_left_ms + 250 : left;
+        enum bs_peer_err e = fill_peer(s, j, tag, &r.lessee, wait, buf, err, errsz);
+        bs_metric_add(s->m_lease_waits,
+                      e == BS_PEER_OK           ? "served"
+                      : e == BS_PEER_E_CONNECT  ? "lessee_gone"
+                      : e == BS_PEER_E_NOTFOUND ? "lessee_failed"
+                                                : "lessee_error",
+                      1);
+        if (e == BS_PEER_OK)
+            return 0;
+        if (e == BS_PEER_E_CONNECT) /* the lessee is gone: its lease expires on its own */
+            pause_ms(s, r.lease_left_ms + 50, end_ns);
+        else if (e != BS_PEER_E_NOTFOUND)
+            pause_ms(s, 100, end_ns);
+    }
+    int rc = fill_origin(s, j, buf, reason, err, errsz);
+    if (rc == 0)
+        bs_redisidx_announce(s->p.idx, tag, j->index);
     return rc;
 }
 
@@ -229,6 +384,101 @@ static struct fill_job *take_job_locked(struct bs_service *s)
     return NULL;
 }
 
+/* The in-progress fill of a chunk, or NULL. Under s->lock. */
+static struct fill_job *find_job_locked(struct bs_service *s, const char *endpoint,
+                                        const char *container, const char *blob, const char *etag,
+                                        uint64_t index)
+{
+    struct fill_job *j = s->map[job_bucket(endpoint, container, blob, etag, index)];
+    while (j && !(j->index == index && strcmp(j->etag, etag) == 0 && strcmp(j->blob, blob) == 0 &&
+                  strcmp(j->container, container) == 0 && strcmp(j->endpoint, endpoint) == 0))
+        j = j->hnext;
+    return j;
+}
+
+static void plan_free_locked(struct bs_service *s, struct ra_plan *pl)
+{
+    for (struct ra_plan **pp = &s->plans; *pp; pp = &(*pp)->next)
+        if (*pp == pl) {
+            *pp = pl->next;
+            break;
+        }
+    s->nplans--;
+    explicit_bzero(&pl->auth, sizeof(pl->auth));
+    free(pl);
+}
+
+/* The next read-ahead job: the first plan with a chunk neither held nor being filled, plans
+ * taken in turn. NULL when there is none or read-ahead is at its share of the workers.
+ * Under s->lock. */
+static struct fill_job *take_readahead_locked(struct bs_service *s)
+{
+    if (!s->plans || s->ra_running >= s->p.readahead_workers)
+        return NULL;
+    int64_t now_s = (int64_t)time(NULL);
+    for (int tries = 0; tries < s->nplans && s->plans; tries++) {
+        struct ra_plan *pl = s->plans;
+        /* Round-robin: this plan goes to the back. */
+        if (pl->next) {
+            s->plans = pl->next;
+            struct ra_plan *t = s->plans;
+            while (t->next)
+                t = t->next;
+            t->next = pl;
+            pl->next = NULL;
+        }
+        int expired = pl->cred_exp > 0 && pl->cred_exp <= now_s + 5;
+        for (int scanned = 0; !expired && pl->passes < RA_PASSES && scanned < 64; scanned++) {
+            uint64_t c = (pl->start + pl->pos) % pl->nchunks;
+            if (++pl->pos == pl->nchunks) {
+                pl->pos = 0;
+                pl->passes++;
+            }
+            if (find_job_locked(s, pl->endpoint, pl->container, pl->blob, pl->etag, c))
+                continue;
+            struct bs_chunk_key k;
+            char acct[KEY_ACCOUNT_MAX];
+            chunk_key(&k, acct, s->o.chunk_size, pl->endpoint, pl->container, pl->blob, pl->etag,
+                      c);
+            struct bs_chunk_ref *ref;
+            if (bs_store_get(s->store, &k, &ref) == 0) {
+                bs_store_release(s->store, ref);
+                continue;
+            }
+            struct fill_job *j = calloc(1, sizeof(*j));
+            char cerr[160];
+            if (j)
+                j->cred = bs_azcred_from_delegation(&pl->auth, cerr, sizeof(cerr));
+            if (!j || !j->cred) {
+                free(j);
+                return NULL;
+            }
+            snprintf(j->endpoint, sizeof(j->endpoint), "%s", pl->endpoint);
+            snprintf(j->container, sizeof(j->container), "%s", pl->container);
+            snprintf(j->blob, sizeof(j->blob), "%s", pl->blob);
+            snprintf(j->etag, sizeof(j->etag), "%s", pl->etag);
+            j->index = c;
+            j->start = c * s->o.chunk_size;
+            j->len = pl->size - j->start < s->o.chunk_size ? pl->size - j->start : s->o.chunk_size;
+            j->refs = 1;
+            j->plan = pl;
+            atomic_store(&j->prefetch, 1);
+            j->created_ns = bs_now_ns();
+            bs_cond_init(&j->cv);
+            size_t b = job_bucket(j->endpoint, j->container, j->blob, j->etag, c);
+            j->hnext = s->map[b];
+            s->map[b] = j;
+            pl->running++;
+            s->ra_running++;
+            s->running++;
+            return j;
+        }
+        if ((expired || pl->passes >= RA_PASSES) && pl->running == 0)
+            plan_free_locked(s, pl);
+    }
+    return NULL;
+}
+
 /* Frees a tenant without fills. Under s->lock. */
 static void tenant_put_locked(struct bs_service *s, struct tenant *t)
 {
@@ -253,7 +503,7 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&s->lock);
     for (;;) {
         struct fill_job *j = NULL;
-        while (!s->stop && !(j = take_job_locked(s)))
+        while (!s->stop && !(j = take_job_locked(s)) && !(j = take_readahead_locked(s)))
             pthread_cond_wait(&s->work_cv, &s->lock);
         if (s->stop)
             break; /* j is NULL: the queued jobs stay for destroy to fail */
@@ -265,9 +515,23 @@ static void *worker_main(void *arg)
 
         pthread_mutex_lock(&s->lock);
         s->running--;
-        j->tenant->running--;
-        tenant_put_locked(s, j->tenant);
-        j->tenant = NULL;
+        if (j->tenant) {
+            j->tenant->running--;
+            tenant_put_locked(s, j->tenant);
+            j->tenant = NULL;
+        }
+        if (j->plan) {
+            j->plan->running--;
+            s->ra_running--;
+            bs_metric_add(s->m_readahead,
+                          rc == 0       ? "filled"
+                          : j->deferred ? "deferred"
+                                        : "failed",
+                          1);
+            j->plan = NULL;
+        }
+        if (rc == 0)
+            s->last_fill_ns = bs_now_ns();
         /* A tenant at its cap may have work again, and another worker may be waiting. */
         pthread_cond_broadcast(&s->work_cv);
         j->rc = rc;
@@ -292,15 +556,17 @@ static void *worker_main(void *arg)
  * the fill's error (message in err). The fill goes on after a timeout. */
 static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
                          const struct bs_chunk_req *req, const char *etag, uint64_t start,
-                         uint64_t len, uint64_t wait_end_ns, char *err, size_t errsz)
+                         uint64_t len, uint64_t wait_end_ns, int *moving, const char **source,
+                         char *err, size_t errsz)
 {
     size_t b = job_bucket(auth->endpoint, req->container, req->blob, etag, req->chunk);
+    *moving = 0;
+    *source = "origin";
     pthread_mutex_lock(&s->lock);
-    struct fill_job *j = s->map[b];
-    while (j && !(j->index == req->chunk && strcmp(j->etag, etag) == 0 &&
-                  strcmp(j->blob, req->blob) == 0 && strcmp(j->container, req->container) == 0 &&
-                  strcmp(j->endpoint, auth->endpoint) == 0))
-        j = j->hnext;
+    struct fill_job *j =
+        find_job_locked(s, auth->endpoint, req->container, req->blob, etag, req->chunk);
+    if (j && j->done == 0)
+        atomic_store(&j->prefetch, 0); /* a caller waits for it now: it must not skip */
     if (!j) {
         struct tenant *t = s->tenants;
         while (t && strcmp(t->endpoint, auth->endpoint) != 0)
@@ -349,6 +615,7 @@ static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
         j->len = len;
         j->refs = 1; /* the worker's */
         j->tenant = t;
+        j->created_ns = bs_now_ns();
         bs_cond_init(&j->cv);
         j->hnext = s->map[b];
         s->map[b] = j;
@@ -370,7 +637,15 @@ static int fill_and_wait(struct bs_service *s, const struct bs_delegation *auth,
         rc = j->rc;
         if (rc)
             snprintf(err, errsz, "%s", j->err);
+        else if (j->source)
+            *source = j->source;
+        if (rc && j->deferred)
+            rc = -EINPROGRESS; /* a read-ahead skipped it before we came: the caller retries */
     } else {
+        /* Moving: some fill ended well lately, or this one is young. */
+        uint64_t now = bs_now_ns(), stall = (uint64_t)s->o.fill_stall_ms * 1000000ull;
+        uint64_t last = s->last_fill_ns > j->created_ns ? s->last_fill_ns : j->created_ns;
+        *moving = now - last < stall;
         rc = -ETIMEDOUT;
         snprintf(err, errsz, "fill did not finish in time (fill wait %ld ms, answer %ld ms)",
                  s->o.fill_wait_ms, s->o.answer_ms);
@@ -553,6 +828,66 @@ static int check_access(struct bs_service *s, const struct bs_chunk_req *req,
     return 1;
 }
 
+/* Starts reading a blob version ahead for a caller that holds a grant for it (cluster mode,
+ * read-ahead on, the blob at most a quarter of the store's budget, MAX_PLANS at once). The
+ * first chunk is this agent's rank's share of the blob, so that agents starting together
+ * fetch different chunks first. */
+static void maybe_read_ahead(struct bs_service *s, const struct bs_chunk_req *req,
+                             const struct bs_grant *g, int64_t cred_exp)
+{
+    if (!s->p.idx || !s->p.readahead || g->size == 0)
+        return;
+    struct bs_store_stats st;
+    bs_store_get_stats(s->store, &st);
+    if (g->size > st.budget_bytes / 4)
+        return;
+    uint64_t n = (g->size + s->o.chunk_size - 1) / s->o.chunk_size;
+    pthread_mutex_lock(&s->lock);
+    int known = s->nplans >= MAX_PLANS || s->stop;
+    for (struct ra_plan *pl = s->plans; pl && !known; pl = pl->next)
+        known = strcmp(pl->etag, g->etag) == 0 && strcmp(pl->blob, req->blob) == 0 &&
+                strcmp(pl->container, req->container) == 0 &&
+                strcmp(pl->endpoint, req->auth.endpoint) == 0;
+    pthread_mutex_unlock(&s->lock);
+    if (known)
+        return;
+    int nodes = 0, rank = 0;
+    uint64_t start = 0;
+    if (bs_redisidx_cluster(s->p.idx, &nodes, &rank) == 0 && nodes > 0)
+        start = n * (uint64_t)(rank % nodes) / (uint64_t)nodes;
+    struct ra_plan *pl = calloc(1, sizeof(*pl));
+    if (!pl)
+        return;
+    snprintf(pl->endpoint, sizeof(pl->endpoint), "%s", req->auth.endpoint);
+    snprintf(pl->container, sizeof(pl->container), "%s", req->container);
+    snprintf(pl->blob, sizeof(pl->blob), "%s", req->blob);
+    snprintf(pl->etag, sizeof(pl->etag), "%s", g->etag);
+    pl->auth = req->auth;
+    pl->cred_exp = cred_exp;
+    pl->size = g->size;
+    pl->nchunks = n;
+    pl->start = start;
+    pthread_mutex_lock(&s->lock);
+    /* Checked again: another request may have added it meanwhile. */
+    int dup = s->nplans >= MAX_PLANS || s->stop;
+    for (struct ra_plan *q = s->plans; q && !dup; q = q->next)
+        dup = strcmp(q->etag, pl->etag) == 0 && strcmp(q->blob, pl->blob) == 0 &&
+              strcmp(q->container, pl->container) == 0 && strcmp(q->endpoint, pl->endpoint) == 0;
+    if (!dup) {
+        pl->next = s->plans;
+        s->plans = pl;
+        s->nplans++;
+        pthread_cond_broadcast(&s->work_cv);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (dup) {
+        explicit_bzero(&pl->auth, sizeof(pl->auth));
+        free(pl);
+    } else {
+        bs_metric_add(s->m_readahead, "planned", 1);
+    }
+}
+
 void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
                       struct bs_chunk_reply *rep, struct bs_chunk_ref **ref)
 {
@@ -587,6 +922,7 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
               (unsigned long long)req->chunk);
         goto out;
     }
+    maybe_read_ahead(s, req, &grant, cred_exp);
     uint64_t start = req->chunk * s->o.chunk_size; /* < grant.size: cannot overflow */
     uint64_t len = grant.size - start < s->o.chunk_size ? grant.size - start : s->o.chunk_size;
 
@@ -595,16 +931,25 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     chunk_key(&k, acct, s->o.chunk_size, auth->endpoint, req->container, req->blob, grant.etag,
               req->chunk);
     enum bs_chunk_status st = BS_CHUNK_HIT;
+    const char *fill_source = "origin";
     if (bs_store_get(s->store, &k, ref) != 0) {
         bs_metric_add(s->m_lookups, "miss", 1);
         uint64_t wait_end_ns = bs_now_ns() + (uint64_t)s->o.fill_wait_ms * 1000000ull;
         if (wait_end_ns > answer_end_ns)
             wait_end_ns = answer_end_ns;
-        int rc = fill_and_wait(s, auth, req, grant.etag, start, len, wait_end_ns, err, sizeof(err));
+        int moving = 0, rc = -EINPROGRESS;
+        const char *source = "origin";
+        for (int tries = 0; rc == -EINPROGRESS && tries < 3; tries++)
+            rc = fill_and_wait(s, auth, req, grant.etag, start, len, wait_end_ns, &moving, &source,
+                               err, sizeof(err));
         if (rc == -ETIMEDOUT)
             bs_metric_add(s->m_errors, "answer_deadline", 1);
         if (rc == 0 && bs_store_get(s->store, &k, ref) == 0) {
             st = BS_CHUNK_FILLED;
+            fill_source = source;
+        } else if (rc == -ETIMEDOUT && moving && req->accept_pending) {
+            reply(rep, BS_CHUNK_PENDING, "fill in progress");
+            goto out;
         } else {
             reply(rep, BS_CHUNK_MISS, "%s", rc ? err : "chunk evicted right after its fill");
             goto out;
@@ -632,7 +977,7 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     uint64_t used = req->sub_len && req->sub_off < len && req->sub_len <= len - req->sub_off
                         ? req->sub_len
                         : len;
-    bs_metric_add(s->m_served, st == BS_CHUNK_HIT ? "local" : "origin", (double)used);
+    bs_metric_add(s->m_served, st == BS_CHUNK_HIT ? "local" : fill_source, (double)used);
 out:
     bs_metric_add(s->m_requests, bs_chunk_status_name(rep->status), 1);
 }
@@ -686,9 +1031,61 @@ void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *
 int bs_service_peer_get(struct bs_service *s, const struct bs_chunk_key *k, long wait_ms,
                         struct bs_chunk_ref **ref)
 {
-    (void)wait_ms; /* waiting for a fill in progress comes with the peer fill path */
     *ref = NULL;
+    if (bs_store_get(s->store, k, ref) == 0)
+        return 0;
+    /* k->account is "<endpoint>#grid=<bytes>" (the peer server checked the grid is ours). */
+    const char *g = strstr(k->account, "#grid=");
+    char endpoint[1024];
+    if (!g || wait_ms <= 0 || (size_t)(g - k->account) >= sizeof(endpoint))
+        return -ENOENT;
+    memcpy(endpoint, k->account, (size_t)(g - k->account));
+    endpoint[g - k->account] = '\0';
+    uint64_t end_ns = bs_now_ns() + (uint64_t)wait_ms * 1000000ull;
+    pthread_mutex_lock(&s->lock);
+    struct fill_job *j = find_job_locked(s, endpoint, k->container, k->blob, k->etag, k->index);
+    if (!j) {
+        pthread_mutex_unlock(&s->lock);
+        return -ENOENT;
+    }
+    j->refs++;
+    while (!j->done && bs_cond_wait_until(&j->cv, &s->lock, end_ns) == 0)
+        ;
+    job_unref_locked(j);
+    pthread_mutex_unlock(&s->lock);
     return bs_store_get(s->store, k, ref) == 0 ? 0 : -ENOENT;
+}
+
+void bs_service_set_peers(struct bs_service *s, const struct bs_service_peers *p)
+{
+    pthread_mutex_lock(&s->lock);
+    s->p = *p;
+    if (s->p.readahead_workers < 1)
+        s->p.readahead_workers = 1;
+    pthread_mutex_unlock(&s->lock);
+}
+
+struct reannounce_ctx {
+    struct bs_service *s;
+    unsigned long n;
+};
+
+static void reannounce_one(void *arg, const struct bs_chunk_key *k)
+{
+    struct reannounce_ctx *c = arg;
+    char tag[BS_IDX_TAG_LEN + 1];
+    bs_redisidx_tag(k->account, k->container, k->blob, k->etag, tag);
+    if (bs_redisidx_announce(c->s->p.idx, tag, k->index) == 0)
+        c->n++;
+}
+
+void bs_service_reannounce(void *arg)
+{
+    struct reannounce_ctx c = {arg, 0};
+    if (!c.s->p.idx)
+        return;
+    bs_store_foreach(c.s->store, reannounce_one, &c);
+    bs_log(BS_LOG_INFO, "service", "event=reannounced chunks=%lu", c.n);
 }
 
 uint64_t bs_service_chunk_size(const struct bs_service *s)
@@ -756,6 +1153,17 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
                            "Requests refused before any origin access, by reason.", "reason");
     s->m_fill_queue = bs_metrics_gauge(metrics, "blobswarm_agent_fill_queue",
                                        "Fills waiting for a worker.", NULL);
+    s->m_peer_errors = bs_metrics_counter(metrics, BS_PEER_ERRORS_METRIC, BS_PEER_ERRORS_HELP,
+                                          BS_PEER_ERRORS_LABELS);
+    s->m_lease_waits = bs_metrics_counter(
+        metrics, "blobswarm_lease_waits_total",
+        "Waits on another agent's fill of a chunk (its lease), by outcome.", "outcome");
+    s->m_peer_bytes_in = bs_metrics_counter(metrics, "blobswarm_peer_bytes_in_total",
+                                            "Chunk bytes fetched from peers and verified.", NULL);
+    s->m_readahead = bs_metrics_counter(metrics, "blobswarm_readahead_total",
+                                        "Read-ahead: blob versions planned and chunks filled, "
+                                        "deferred (another agent held the lease) or failed.",
+                                        "event");
     if (!s->patterns || !s->grants)
         goto out_fail;
     s->workers = calloc((size_t)o->fill_workers, sizeof(*s->workers));
@@ -806,6 +1214,8 @@ void bs_service_destroy(struct bs_service *s)
         pthread_cond_broadcast(&j->cv);
         job_unref_locked(j);
     }
+    while (s->plans)
+        plan_free_locked(s, s->plans);
     pthread_mutex_unlock(&s->lock);
     free(s->workers);
     bs_grants_destroy(s->grants);

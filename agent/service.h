@@ -35,7 +35,32 @@ struct bs_service_opts {
     const char *allowed_endpoints; /* comma-separated patterns, '*' = [A-Za-z0-9-]+ */
     long grant_ttl_ms;
     size_t max_grants;
+    long fill_stall_ms; /* a fill counts as moving while some fill ended within this: a
+                           request that saw its wait run out then gets PENDING, not MISS */
 };
+
+struct bs_redisidx;
+struct bs_peerclient;
+
+/* Peer sharing (all optional: idx NULL is a standalone agent). Borrowed; they must outlive the
+ * service. Where a missing chunk comes from, in order: a holder (another agent, over the peer
+ * client), the agent filling it now (asked to wait for its fill), else Azure under a fill
+ * lease so that one agent of the cluster reads it from Azure at a time. */
+struct bs_service_peers {
+    struct bs_redisidx *idx;
+    struct bs_peerclient *client;
+    long peer_timeout_ms;  /* one fetch from a holder; past it the next holder is tried (hedge) */
+    long lease_wait_ms;    /* longest wait on another agent's fill of a chunk */
+    int readahead;         /* once a caller with a grant asks for a blob version, fetch the
+                              rest of it in the background, starting at a place rotated by
+                              this agent's rank so that agents fetch different chunks first */
+    int readahead_workers; /* fill workers read-ahead may use at once */
+};
+/* Call once, before any request. */
+void bs_service_set_peers(struct bs_service *s, const struct bs_service_peers *p);
+/* Re-announces every chunk of the store to the index (the index calls it after Redis lost
+ * this agent's entries: restart, FLUSHALL, expiry). arg is the service. */
+void bs_service_reannounce(void *arg);
 
 /* Borrows store, the readers and metrics (they must outlive the service). `reader` fills
  * chunks; `check_reader` verifies access and must have a deadline of at most check_ms (a

@@ -48,6 +48,13 @@
 #define TMP_MODE      0600 /* while being written */
 #define LOCK_MODE     0600
 #define MAP_BUCKETS0  1024
+/* A put checksums its data in pieces of this many bytes, each CRC'd and hashed while it is
+ * still in cache (one pass over memory, whatever the block size). */
+#define SUM_PIECE (64u << 10)
+/* bs_store_foreach copies this many keys (or key bytes) out under the lock at a time, whole
+ * hash buckets at a time (a bigger bucket is copied alone). */
+#define FOREACH_BATCH       256
+#define FOREACH_BATCH_BYTES (64u << 10)
 /* Opening an entry of the store: never through a link, never blocking on a FIFO or device
  * planted there, never becoming a controlling terminal. */
 #define OPEN_ENTRY (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
@@ -109,8 +116,10 @@ struct bs_chunk_ref {
     enum chunk_state state;
     bool in_map;
     uint32_t refs;
-    uint64_t data_len, file_bytes;
+    uint64_t data_len, file_bytes, index;
     uint32_t block_size, nblocks;
+    unsigned char sha256[BS_CHUNK_SHA256];
+    const char *key; /* account, container, blob, ETag, each NUL-terminated, after crcs */
     uint32_t crcs[];
 };
 
@@ -120,6 +129,8 @@ struct bs_store {
     enum bs_store_protection protection;
     uint64_t budget, high, low; /* bytes */
     uint32_t block_size;
+    void (*on_evict)(void *arg, const struct bs_chunk_key *k);
+    void *on_evict_arg;
 
     pthread_mutex_t lock;
     pthread_cond_t removed; /* broadcast when removing chunks leave the index */
@@ -276,6 +287,17 @@ static int key_ids(unsigned char *enc, size_t enclen, uint64_t index, unsigned c
             return -ENOMEM;
     }
     return 0;
+}
+
+/* The key whose four strings are `strings` (each NUL-terminated, one after another, as a
+ * chunk record keeps them), pointing into them. */
+static struct bs_chunk_key key_view(const char *strings, uint64_t index)
+{
+    struct bs_chunk_key k = {.account = strings, .index = index};
+    k.container = k.account + strlen(k.account) + 1;
+    k.blob = k.container + strlen(k.container) + 1;
+    k.etag = k.blob + strlen(k.blob) + 1;
+    return k;
 }
 
 /* sub = "ab", file = "abcdef....chunk" */
@@ -540,8 +562,10 @@ static void evict(struct bs_store *s, uint64_t need, const struct tenant *putter
     }
 }
 
-/* Unlinks the victims' files (without the lock: an unlink of a large file takes time), then
- * takes them out of the index and wakes puts waiting for their keys. Called without the lock. */
+/* Unlinks the victims' files (without the lock: an unlink of a large file takes time), tells
+ * the eviction hook of each, then takes them out of the index and wakes puts waiting for
+ * their keys: a new put of a victim's key goes live only after the hook has returned. Called
+ * without the lock; the victims (REMOVING, still in the map) are this call's alone. */
 static void remove_files(struct bs_store *s, struct list *victims)
 {
     if (list_empty(victims))
@@ -558,6 +582,12 @@ static void remove_files(struct bs_store *s, struct list *victims)
         if (subfd >= 0)
             close(subfd);
     }
+    if (s->on_evict)
+        for (struct list *e = victims->next; e != victims; e = e->next) {
+            struct bs_chunk_ref *c = container_of(e, struct bs_chunk_ref, lru);
+            struct bs_chunk_key k = key_view(c->key, c->index);
+            s->on_evict(s->on_evict_arg, &k);
+        }
     pthread_mutex_lock(&s->lock);
     for (struct list *e = victims->next, *next; e != victims; e = next) {
         next = e->next;
@@ -572,9 +602,28 @@ static void remove_files(struct bs_store *s, struct list *victims)
     pthread_mutex_unlock(&s->lock);
 }
 
-static struct bs_chunk_ref *chunk_new(uint32_t nblocks)
+/* A record with room for nblocks CRCs and a copy of its key, from the key's encoding (four
+ * u16 length + bytes fields, checked): the strings that foreach and the eviction hook hand
+ * out, stored after the CRCs. NULL without memory. */
+static struct bs_chunk_ref *chunk_new(uint32_t nblocks, const unsigned char *enc, size_t enclen,
+                                      uint64_t index)
 {
-    return calloc(1, sizeof(struct bs_chunk_ref) + (size_t)nblocks * sizeof(uint32_t));
+    size_t keylen = enclen - 4; /* the four u16 lengths become four NULs */
+    struct bs_chunk_ref *c =
+        calloc(1, sizeof(struct bs_chunk_ref) + (size_t)nblocks * sizeof(uint32_t) + keylen);
+    if (!c)
+        return NULL;
+    char *key = (char *)(c->crcs + nblocks);
+    for (size_t n = 0, o = 0; n < enclen;) {
+        size_t len = bs_get_le16(enc + n);
+        memcpy(key + o, enc + n + 2, len);
+        key[o + len] = '\0';
+        n += 2 + len;
+        o += len + 1;
+    }
+    c->key = key;
+    c->index = index;
+    return c;
 }
 
 /* Takes the live chunk `cid` out of the index and its file off the disk, counted in
@@ -810,7 +859,7 @@ static int load_chunk(struct bs_store *s, int subfd, const char *sub, const char
         *why = "file name is not the hash of the key in its trailer";
         goto out_free;
     }
-    struct bs_chunk_ref *c = chunk_new(tr.nblocks);
+    struct bs_chunk_ref *c = chunk_new(tr.nblocks, tr.enc, tr.enclen, tr.index);
     if (!c) {
         rc = -ENOMEM;
         goto out_free;
@@ -822,6 +871,7 @@ static int load_chunk(struct bs_store *s, int subfd, const char *sub, const char
     c->nblocks = tr.nblocks;
     for (uint32_t i = 0; i < tr.nblocks; i++)
         c->crcs[i] = bs_get_le32(tr.crcs + 4 * (size_t)i);
+    memcpy(c->sha256, tr.sha256, BS_CHUNK_SHA256);
     settle_file(s, fd, &st, sub, name);
     out->c = c;
     out->mtime = st.st_mtim;
@@ -1034,6 +1084,8 @@ struct bs_store *bs_store_create(const struct bs_store_opts *o, char *err, size_
     s->high = pct_of(o->budget_bytes, o->high_watermark_pct);
     s->low = pct_of(o->budget_bytes, o->low_watermark_pct);
     s->block_size = o->block_size;
+    s->on_evict = o->on_evict;
+    s->on_evict_arg = o->on_evict_arg;
     list_init(&s->tenant_list);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->removed, NULL);
@@ -1190,6 +1242,11 @@ const uint32_t *bs_chunk_ref_crcs(const struct bs_chunk_ref *c, uint32_t *n)
     return c->crcs;
 }
 
+const unsigned char *bs_chunk_ref_sha256(const struct bs_chunk_ref *c)
+{
+    return c->sha256;
+}
+
 /* ---- puts ---- */
 
 static int write_all(int fd, const unsigned char *p, size_t n)
@@ -1262,8 +1319,40 @@ out:
     return rc == -ENOSPC || rc == -EDQUOT || rc == -EFBIG ? -ENOSPC : -EIO;
 }
 
-int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *data, size_t len,
-                 char *err, size_t errsz)
+/* c->crcs of data (c->data_len bytes in c->nblocks blocks) and, unless `given`, its SHA-256
+ * in c->sha256, in one pass (SUM_PIECE at a time). 0 or -ENOMEM. */
+static int checksum(struct bs_chunk_ref *c, const unsigned char *data, const unsigned char *given)
+{
+    EVP_MD_CTX *md = NULL;
+    if (given)
+        memcpy(c->sha256, given, BS_CHUNK_SHA256);
+    else if (!(md = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(md, EVP_sha256(), NULL))
+        goto out_fail;
+    for (uint32_t i = 0; i < c->nblocks; i++) {
+        uint64_t off = (uint64_t)i * c->block_size, end = off + c->block_size;
+        if (end > c->data_len)
+            end = c->data_len;
+        uint32_t crc = 0;
+        for (uint64_t p = off; p < end; p += SUM_PIECE) {
+            size_t n = end - p < SUM_PIECE ? (size_t)(end - p) : SUM_PIECE;
+            crc = bs_crc32c(crc, data + p, n);
+            if (md && !EVP_DigestUpdate(md, data + p, n))
+                goto out_fail;
+        }
+        c->crcs[i] = crc;
+    }
+    if (md && !EVP_DigestFinal_ex(md, c->sha256, NULL))
+        goto out_fail;
+    EVP_MD_CTX_free(md);
+    return 0;
+out_fail:
+    EVP_MD_CTX_free(md);
+    return -ENOMEM;
+}
+
+/* bs_store_put, with the data's SHA-256 given (NULL: computed here). */
+static int put_chunk(struct bs_store *s, const struct bs_chunk_key *k, const void *data, size_t len,
+                     const unsigned char *sha256, char *err, size_t errsz)
 {
     unsigned char enc[BS_KEY_ENC_MAX + 8], cid[ID_LEN], vid[ID_LEN], tid[ID_LEN];
     size_t enclen;
@@ -1284,10 +1373,10 @@ int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *d
         return rc;
     }
 
-    /* Everything that needs no lock: ids, block CRCs, trailer, memory. */
+    /* Everything that needs no lock: ids, block CRCs, SHA-256, trailer, memory. */
     uint32_t bs = s->block_size, nblocks = blocks_of(len, bs);
     size_t tlen = bs_trailer_len(enclen, nblocks);
-    struct bs_chunk_ref *c = chunk_new(nblocks);
+    struct bs_chunk_ref *c = chunk_new(nblocks, enc, enclen, k->index);
     unsigned char *trailer = malloc(tlen);
     struct spares sp = {NULL, NULL};
     if (!c || !trailer || spares_fill(&sp) < 0 ||
@@ -1303,12 +1392,12 @@ int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *d
     c->block_size = bs;
     c->nblocks = nblocks;
     c->file_bytes = len + tlen;
-    for (uint32_t i = 0; i < nblocks; i++) {
-        size_t off = (size_t)i * bs;
-        c->crcs[i] =
-            bs_crc32c(0, (const unsigned char *)data + off, len - off < bs ? len - off : bs);
+    if (checksum(c, data, sha256) < 0) {
+        snprintf(err, errsz, "store: out of memory (SHA-256)");
+        rc = -ENOMEM;
+        goto out_free;
     }
-    bs_trailer_build(trailer, bs, len, k->index, enc, enclen, c->crcs, nblocks);
+    bs_trailer_build(trailer, bs, len, k->index, enc, enclen, c->crcs, nblocks, c->sha256);
 
     /* Reserve: the key must be absent, and the bytes must fit (evicting if needed). The
      * version (and tenant) exist from here, pending, so that eviction counts this tenant. */
@@ -1380,6 +1469,25 @@ out_free:
     return rc;
 }
 
+int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *data, size_t len,
+                 char *err, size_t errsz)
+{
+    return put_chunk(s, k, data, len, NULL, err, errsz);
+}
+
+int bs_store_put_digest(struct bs_store *s, const struct bs_chunk_key *k, const void *data,
+                        size_t len, const unsigned char sha256[32], char *err, size_t errsz)
+{
+    if (!sha256) {
+        snprintf(err, errsz, "store: no SHA-256 given");
+        pthread_mutex_lock(&s->lock);
+        s->put_errors++;
+        pthread_mutex_unlock(&s->lock);
+        return -EINVAL;
+    }
+    return put_chunk(s, k, data, len, sha256, err, errsz);
+}
+
 void bs_store_drop(struct bs_store *s, const struct bs_chunk_key *k)
 {
     unsigned char enc[BS_KEY_ENC_MAX + 8], cid[ID_LEN];
@@ -1389,6 +1497,126 @@ void bs_store_drop(struct bs_store *s, const struct bs_chunk_key *k)
         key_ids(enc, enclen, k->index, cid, NULL, NULL) < 0)
         return;
     drop_chunk(s, cid, NULL, "reported by reader");
+}
+
+/* ---- walking the index ---- */
+
+static size_t reverse_bits(size_t v)
+{
+    size_t r = 0;
+    for (size_t i = 0; i < sizeof(v) * 8; i++, v >>= 1)
+        r = r << 1 | (v & 1);
+    return r;
+}
+
+/* The bucket after `cursor` in reverse binary order (Redis's SCAN): a walk of a table that
+ * doubles between two steps neither misses nor repeats an entry that stays in it. 0: the
+ * walk is over. */
+static size_t next_bucket(size_t cursor, size_t mask)
+{
+    return reverse_bits(reverse_bits(cursor | ~mask) + 1);
+}
+
+/* Keys copied out of the index: `n` records of where a key's strings start in `keys`, and
+ * its chunk index. */
+struct key_ent {
+    size_t off;
+    uint64_t index;
+};
+
+struct key_batch {
+    struct key_ent *ent;
+    char *keys;
+    size_t n, cap, used, bytes;
+};
+
+/* Makes room for `n` more records and `bytes` more key bytes. 0 or -ENOMEM. */
+static int batch_reserve(struct key_batch *b, size_t n, size_t bytes)
+{
+    if (b->n + n > b->cap) {
+        void *p = realloc(b->ent, (b->n + n) * sizeof(*b->ent));
+        if (!p)
+            return -ENOMEM;
+        b->ent = p;
+        b->cap = b->n + n;
+    }
+    if (b->used + bytes > b->bytes) {
+        char *p = realloc(b->keys, b->used + bytes);
+        if (!p)
+            return -ENOMEM;
+        b->keys = p;
+        b->bytes = b->used + bytes;
+    }
+    return 0;
+}
+
+/* Bytes of a record's key strings (with their NULs). */
+static size_t key_bytes(const struct bs_chunk_ref *c)
+{
+    const char *p = c->key;
+    for (int i = 0; i < 4; i++)
+        p += strlen(p) + 1;
+    return (size_t)(p - c->key);
+}
+
+/* Copies the live chunks of bucket `i` into b if they fit in a batch (or b is empty, which
+ * then grows). Under s->lock. 1 copied, 0 full, -ENOMEM. */
+static int copy_bucket(struct bs_store *s, size_t i, struct key_batch *b)
+{
+    size_t n = 0, bytes = 0;
+    for (struct hnode *h = s->chunks.b[i]; h; h = h->next) {
+        struct bs_chunk_ref *c = container_of(h, struct bs_chunk_ref, h);
+        if (c->state == CHUNK_LIVE) {
+            n++;
+            bytes += key_bytes(c);
+        }
+    }
+    if (b->n && (b->n + n > FOREACH_BATCH || b->used + bytes > FOREACH_BATCH_BYTES))
+        return 0;
+    if (batch_reserve(b, n, bytes) < 0)
+        return -ENOMEM;
+    for (struct hnode *h = s->chunks.b[i]; h; h = h->next) {
+        struct bs_chunk_ref *c = container_of(h, struct bs_chunk_ref, h);
+        if (c->state != CHUNK_LIVE)
+            continue;
+        size_t kb = key_bytes(c);
+        memcpy(b->keys + b->used, c->key, kb);
+        b->ent[b->n].off = b->used;
+        b->ent[b->n].index = c->index;
+        b->n++;
+        b->used += kb;
+    }
+    return 1;
+}
+
+int bs_store_foreach(struct bs_store *s, void (*fn)(void *arg, const struct bs_chunk_key *k),
+                     void *arg)
+{
+    struct key_batch b = {0};
+    int rc = batch_reserve(&b, FOREACH_BATCH, FOREACH_BATCH_BYTES);
+    size_t cursor = 0;
+    while (rc == 0) {
+        b.n = b.used = 0;
+        pthread_mutex_lock(&s->lock);
+        do {
+            int got = copy_bucket(s, cursor & s->chunks.mask, &b);
+            if (got <= 0) {
+                rc = got;
+                break;
+            }
+            cursor = next_bucket(cursor, s->chunks.mask);
+        } while (cursor != 0);
+        pthread_mutex_unlock(&s->lock);
+        for (size_t i = 0; i < b.n; i++) {
+            struct bs_chunk_key k = key_view(b.keys + b.ent[i].off, b.ent[i].index);
+            fn(arg, &k);
+        }
+        if (cursor == 0)
+            break;
+    }
+    free(b.ent);
+    free(b.keys);
+    return rc;
 }
 
 void bs_store_get_stats(struct bs_store *s, struct bs_store_stats *out)

@@ -1,14 +1,13 @@
 /* The node's chunk store: immutable chunk files on local disk, each holding the bytes of one
  * grid cell of one blob *version* (account, container, blob, ETag, index) followed by a
- * trailer with its key and one CRC-32C per block (trailer.h). A chunk becomes visible only
- * once written whole, fsynced and renamed into place. An in-memory index (rebuilt by scanning
- * the directory at start) tracks bytes against a budget with high/low watermarks; eviction
- * takes from the tenant holding the most bytes its least recently used blob version that no
- * reader holds, whole, before single chunks.
- * The store's directory is 0700 and its files 0400, of the agent's uid, and immutable
- * (FS_IMMUTABLE_FL) where possible; nothing in it is reached through a link. Readers get
- * descriptors, never paths.
- * It does not fetch anything: callers put bytes they obtained (from Azure, later from peers). */
+ * trailer with its key, one CRC-32C per block and the SHA-256 of the data (trailer.h). A chunk
+ * becomes visible only once written whole, fsynced and renamed into place. An in-memory index
+ * (rebuilt by scanning the directory at start) tracks bytes against a budget with high/low
+ * watermarks; eviction takes from the tenant holding the most bytes its least recently used blob
+ * version that no reader holds, whole, before single chunks. The store's directory is 0700 and its
+ * files 0400, of the agent's uid, and immutable (FS_IMMUTABLE_FL) where possible; nothing in it is
+ * reached through a link. Readers get descriptors, never paths. It does not fetch anything: callers
+ * put bytes they obtained (from Azure, later from peers). */
 #ifndef BS_STORE_H
 #define BS_STORE_H
 
@@ -32,6 +31,11 @@ struct bs_store_opts {
     int high_watermark_pct; /* a put that would pass this evicts ... */
     int low_watermark_pct;  /* ... down to this */
     uint32_t block_size;    /* CRC block, power of two, e.g. 65536 */
+    /* Optional: told of every chunk that leaves the store (evicted, or dropped as corrupt or
+     * missing), after its file is gone and before a new put of its key can go live; never
+     * under the store's lock (it may call the store). k is valid during the call only. */
+    void (*on_evict)(void *arg, const struct bs_chunk_key *k);
+    void *on_evict_arg;
 };
 
 /* How chunk files are kept from being rewritten by whoever holds a descriptor or reaches the
@@ -77,19 +81,35 @@ uint64_t bs_chunk_ref_length(const struct bs_chunk_ref *ref);
 uint32_t bs_chunk_ref_block_size(const struct bs_chunk_ref *ref);
 /* CRC-32C of each block (the last may be short); *n gets the count. Valid until release. */
 const uint32_t *bs_chunk_ref_crcs(const struct bs_chunk_ref *ref, uint32_t *n);
+/* The SHA-256 (32 bytes) of the chunk's data, as computed over Azure's bytes by the node that
+ * filled it (see bs_store_put_digest). From the trailer, not recomputed. Valid until release. */
+const unsigned char *bs_chunk_ref_sha256(const struct bs_chunk_ref *ref);
 
-/* Stores len bytes as the chunk k: computes the block CRCs, writes a temporary file, fsyncs
- * and renames it into place (then fsyncs the directory), evicts if the high watermark would
- * be passed (from the biggest tenant; never taking another tenant below budget / tenants).
- * Returns 0, -EEXIST (already there, or being put; not an error for callers), -ENOSPC (no
+/* Stores len bytes as the chunk k: computes the block CRCs and the SHA-256 of the data (one
+ * pass), writes a temporary file, flushes it (fdatasync) and renames it into place (the
+ * rename is not made durable: a chunk lost in a crash is a miss), evicts if the high
+ * watermark would be passed (from the biggest tenant; never taking another tenant below budget /
+ * tenants). Returns 0, -EEXIST (already there, or being put; not an error for callers), -ENOSPC (no
  * room even after eviction, or disk full), -EINVAL (a key field empty or over 1024 bytes, a
  * chunk over 256 MiB), -ENOMEM, or -EIO, with a message. Never leaves a partial file
  * visible. */
 int bs_store_put(struct bs_store *s, const struct bs_chunk_key *k, const void *data, size_t len,
                  char *err, size_t errsz);
+/* bs_store_put for bytes whose SHA-256 the caller has already checked against the one their
+ * filler computed (a chunk from a peer): stores that digest as given (CRCs still computed).
+ * -EINVAL also for a NULL sha256. */
+int bs_store_put_digest(struct bs_store *s, const struct bs_chunk_key *k, const void *data,
+                        size_t len, const unsigned char sha256[32], char *err, size_t errsz);
 
 /* Removes a chunk a reader found corrupt (counted in dropped_corrupt). */
 void bs_store_drop(struct bs_store *s, const struct bs_chunk_key *k);
+
+/* Calls fn for every chunk live in the store, once each (one that is put or evicted during
+ * the walk may or may not be seen), without holding the store's lock during fn (it may call
+ * the store): keys are copied out a bounded batch at a time. k is valid during the call only.
+ * 0, or -ENOMEM (the walk stopped). */
+int bs_store_foreach(struct bs_store *s, void (*fn)(void *arg, const struct bs_chunk_key *k),
+                     void *arg);
 
 void bs_store_get_stats(struct bs_store *s, struct bs_store_stats *out);
 

@@ -8,7 +8,7 @@
 
 #define TRAILER_MAGIC   0x4b435342u /* "BSCK" */
 #define TRAILER_END     0x45435342u /* "BSCE" */
-#define TRAILER_VERSION 1
+#define TRAILER_VERSION 2           /* 1: no SHA-256, refused */
 
 void bs_put_le16(unsigned char *p, uint16_t v)
 {
@@ -45,12 +45,12 @@ uint64_t bs_get_le64(const unsigned char *p)
 
 size_t bs_trailer_len(size_t enclen, uint32_t nblocks)
 {
-    return BS_TRAILER_HEAD + enclen + 4 * (size_t)nblocks + BS_TRAILER_FOOT;
+    return BS_TRAILER_HEAD + enclen + 4 * (size_t)nblocks + BS_CHUNK_SHA256 + BS_TRAILER_FOOT;
 }
 
 void bs_trailer_build(unsigned char *t, uint32_t block_size, uint64_t data_len, uint64_t index,
                       const unsigned char *enc, size_t enclen, const uint32_t *crcs,
-                      uint32_t nblocks)
+                      uint32_t nblocks, const unsigned char *sha256)
 {
     size_t tlen = bs_trailer_len(enclen, nblocks);
     bs_put_le32(t, TRAILER_MAGIC);
@@ -64,6 +64,8 @@ void bs_trailer_build(unsigned char *t, uint32_t block_size, uint64_t data_len, 
     unsigned char *p = t + BS_TRAILER_HEAD + enclen;
     for (uint32_t i = 0; i < nblocks; i++, p += 4)
         bs_put_le32(p, crcs[i]);
+    memcpy(p, sha256, BS_CHUNK_SHA256);
+    p += BS_CHUNK_SHA256;
     bs_put_le32(p, bs_crc32c(0, t, tlen - BS_TRAILER_FOOT));
     bs_put_le32(p + 4, (uint32_t)tlen);
     bs_put_le32(p + 8, TRAILER_END);
@@ -97,6 +99,8 @@ const char *bs_trailer_parse(const unsigned char *t, size_t tlen, uint64_t file_
         return "trailer foot disagrees with its length";
     if (bs_get_le32(t) != TRAILER_MAGIC)
         return "bad trailer magic";
+    if (bs_get_le16(t + 4) == 1)
+        return "trailer format version 1 (no SHA-256 of the data)";
     if (bs_get_le16(t + 4) != TRAILER_VERSION || bs_get_le16(t + 6) != 0)
         return "unknown trailer version";
     out->block_size = bs_get_le32(t + 8);
@@ -124,6 +128,7 @@ const char *bs_trailer_parse(const unsigned char *t, size_t tlen, uint64_t file_
     out->crcs = t + n;
     if (bs_trailer_len(out->enclen, out->nblocks) != tlen)
         return "trailer length disagrees with its contents";
+    out->sha256 = out->crcs + 4 * (size_t)out->nblocks;
     if (out->data_len + tlen != file_size)
         return "file size disagrees with the trailer";
     return NULL;

@@ -17,7 +17,9 @@
 
 #include "clock.h"
 
-static const char *const status_names[] = {"hit", "filled", "miss", "denied", "error"};
+#define NSTATUS 6
+static const char *const status_names[NSTATUS] = {"hit",    "filled", "miss",
+                                                  "denied", "error",  "pending"};
 /* The wire name of a delegated credential kind; NULL for a kind that is never delegated
  * (Shared Key becomes a SAS before it leaves the shim). */
 static const char *auth_name(enum bs_auth_kind k)
@@ -37,7 +39,7 @@ static const char *auth_name(enum bs_auth_kind k)
 
 const char *bs_chunk_status_name(enum bs_chunk_status s)
 {
-    return (unsigned)s < 5 ? status_names[s] : "error";
+    return (unsigned)s < NSTATUS ? status_names[s] : "error";
 }
 
 static char *dump(json_t *j)
@@ -87,6 +89,8 @@ static char *encode_req_op(const struct bs_chunk_req *r, const char *op)
         json_object_set_new(j, "sub_off", json_integer((json_int_t)r->sub_off));
         json_object_set_new(j, "sub_len", json_integer((json_int_t)r->sub_len));
     }
+    if (j && r->accept_pending)
+        json_object_set_new(j, "pending_ok", json_true());
     return dump(j);
 }
 
@@ -240,6 +244,7 @@ int bs_proto_decode_req(const char *json, size_t len, struct bs_chunk_req *r, ch
         (rc = get_u64(j, "chunk", &r->chunk, err, errsz)))
         goto out;
     r->sub_off = r->sub_len = 0;
+    r->accept_pending = json_is_true(json_object_get(j, "pending_ok"));
     if (json_object_get(j, "sub_len") && ((rc = get_u64(j, "sub_off", &r->sub_off, err, errsz)) ||
                                           (rc = get_u64(j, "sub_len", &r->sub_len, err, errsz))))
         goto out;
@@ -294,7 +299,7 @@ int bs_proto_decode_reply(const char *json, size_t len, struct bs_chunk_reply *r
         goto out;
     rc = -EINVAL;
     r->status = BS_CHUNK_ERROR;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < NSTATUS; i++)
         if (strcmp(status, status_names[i]) == 0) {
             r->status = (enum bs_chunk_status)i;
             rc = 0;

@@ -27,11 +27,14 @@
 #define BS_PROTO_ARRAY_CRCS 1024
 
 enum bs_chunk_status {
-    BS_CHUNK_HIT,    /* served from the store */
-    BS_CHUNK_FILLED, /* fetched from the origin for this request, then served */
-    BS_CHUNK_MISS,   /* not served: the caller reads Azure itself (reason says why) */
-    BS_CHUNK_DENIED, /* the delegated credential does not read this blob version */
-    BS_CHUNK_ERROR,  /* bad request or agent failure */
+    BS_CHUNK_HIT,     /* served from the store */
+    BS_CHUNK_FILLED,  /* fetched from the origin for this request, then served */
+    BS_CHUNK_MISS,    /* not served: the caller reads Azure itself (reason says why) */
+    BS_CHUNK_DENIED,  /* the delegated credential does not read this blob version */
+    BS_CHUNK_ERROR,   /* bad request or agent failure */
+    BS_CHUNK_PENDING, /* a fill of this chunk is in progress and moving: ask again rather than
+                         reading Azure a second time (sent only to a request with
+                         "pending_ok": an older shim would not know it) */
 };
 
 struct bs_chunk_req {
@@ -44,6 +47,7 @@ struct bs_chunk_req {
      * sub_len 0 means the whole chunk. HTTP: the part sent. Unix: what the agent counts as
      * served; a descriptor reply always covers the whole chunk. */
     uint64_t sub_off, sub_len;
+    int accept_pending;        /* "pending_ok": the caller asks again on BS_CHUNK_PENDING */
     struct bs_delegation auth; /* kind, endpoint, account, secret */
 };
 

@@ -22,7 +22,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (bs_trailer_parse(t, tlen, size, &tr))
         return 0;
     if (tr.data_len + tlen != size || tr.enc < t || tr.enc + tr.enclen > t + tlen ||
-        tr.crcs + 4 * (size_t)tr.nblocks > t + tlen)
+        tr.crcs + 4 * (size_t)tr.nblocks > t + tlen || tr.sha256 < tr.crcs ||
+        tr.sha256 + BS_CHUNK_SHA256 > t + tlen - BS_TRAILER_FOOT)
         abort();
     uint32_t *crcs = malloc(4 * (size_t)tr.nblocks + 1);
     unsigned char *again = malloc(tlen);
@@ -33,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (bs_trailer_len(tr.enclen, tr.nblocks) != tlen)
         abort();
     bs_trailer_build(again, tr.block_size, tr.data_len, tr.index, tr.enc, tr.enclen, crcs,
-                     tr.nblocks);
+                     tr.nblocks, tr.sha256);
     if (memcmp(again, t, tlen) != 0)
         abort();
     free(crcs);

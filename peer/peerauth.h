@@ -29,21 +29,27 @@ struct bs_peer_secret {
  * refused with a message), 32..1024 bytes after trimming. 0 or -1. */
 int bs_peer_secret_load(const char *path, struct bs_peer_secret *s, char *err, size_t errsz);
 
-/* The request header value (without the name) for method + path-and-query at ts_ms. */
+/* Wall-clock time in ms since the epoch: what signatures carry and are checked against (the
+ * nodes' clocks must agree within the replay window; monotonic time is node-local). */
+int64_t bs_peer_wall_ms(void);
+
+/* The request header value (without the name) for method + path-and-query at ts_ms; empty
+ * when the node name is not [A-Za-z0-9._-]{1,63} or an input holds a newline. */
 void bs_peer_sign_request(const struct bs_peer_secret *s, const char *node, const char *method,
                           const char *path_query, int64_t ts_ms, char out[BS_PEER_HDR_MAX]);
 /* 0 when `hdr` is a valid signature of method + path-and-query within window_ms of now_ms;
  * -1 otherwise (reason in err: "missing", "malformed", "stale", "bad mac"). *node gets the
  * signer's name on success. */
 int bs_peer_verify_request(const struct bs_peer_secret *s, const char *hdr, const char *method,
-                           const char *path_query, int64_t now_ms, long window_ms,
-                           char node[64], char *err, size_t errsz);
+                           const char *path_query, int64_t now_ms, long window_ms, char node[64],
+                           char *err, size_t errsz);
 
 struct bs_chunk_id {
     const char *account, *container, *blob, *etag; /* as the store keys them */
     uint64_t index;
 };
-/* The record header value for a chunk of len bytes whose SHA-256 is sha256. */
+/* The record header value for a chunk of len bytes whose SHA-256 is sha256; empty when a
+ * field of id is missing or holds a newline. */
 void bs_peer_sign_record(const struct bs_peer_secret *s, const struct bs_chunk_id *id, uint64_t len,
                          const unsigned char sha256[32], char out[BS_PEER_HDR_MAX]);
 /* 0 when `hdr` is an authentic record for chunk id; *len and sha256 get its values. -1 else. */

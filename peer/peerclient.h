@@ -41,6 +41,15 @@ enum bs_peer_err {
 };
 const char *bs_peer_err_name(enum bs_peer_err e); /* "connect", "timeout", ... */
 
+/* The one registration of the peer error counter, shared by the fetching side (label kind =
+ * bs_peer_err_name) and the peer server (kind = auth_in, busy_in, notfound_in,
+ * bad_request_in): a family registered twice must be registered identically (metrics.h). */
+#define BS_PEER_ERRORS_METRIC "blobswarm_peer_errors_total"
+#define BS_PEER_ERRORS_HELP                                                                        \
+    "Peer transfers that failed, by kind: fetching (connect, timeout, notfound, busy, auth, "      \
+    "record, digest, http, limit) or serving (auth_in, busy_in, notfound_in, bad_request_in)."
+#define BS_PEER_ERRORS_LABELS "kind"
+
 struct bs_peerclient *bs_peerclient_create(const struct bs_peerclient_opts *o, char *err,
                                            size_t errsz);
 void bs_peerclient_destroy(struct bs_peerclient *c);

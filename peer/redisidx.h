@@ -8,6 +8,7 @@
  *   bs:v1:{nodes}:n:<node>      STRING advertise address, PX node_ttl (heartbeat every third)
  *   bs:v1:{nodes}:all           ZSET node -> last heartbeat (ms); entries older than node_ttl
  *                               are pruned by each heartbeat; ZCARD = cluster size seen
+ *   bs:v1:{nodes}:join          ZSET node -> join time (ms), pruned with :all; rank = ZRANK
  *   bs:v1:{<tag>}:h:<chunk>     ZSET "<node> <addr>" -> announce time (ms): the newest
  *                               max_holders holders of that chunk, PX holder_ttl
  *   bs:v1:{<tag>}:l:<chunk>     STRING "<node> <addr>": the fill lease, SET NX PX lease_ms
@@ -32,7 +33,8 @@ struct bs_redisidx_opts {
     const char *url;           /* redis://[:password@]host:port[/db] */
     const char *password_file; /* optional; its first line overrides the URL's password */
     const char *node;          /* this agent's name (BLOBSWARM_NODE_NAME) */
-    const char *advertise;     /* where peers reach this agent (BLOBSWARM_ADVERTISE_ADDR) */
+    const char *advertise;     /* where peers reach this agent (BLOBSWARM_ADVERTISE_ADDR);
+                                  NULL: a client such as a tool, never registered */
     long timeout_ms;           /* connect and each command */
     long node_ttl_ms;          /* registry entry lifetime; heartbeat every node_ttl_ms/3 */
     long holder_ttl_ms;        /* a chunk's holder set lives this long after its last announce */
@@ -76,8 +78,8 @@ void bs_redisidx_set_reannounce(struct bs_redisidx *x, void (*fn)(void *arg), vo
 /* The tag of one blob version on one grid: the first 16 bytes of SHA-256 over the four
  * fields, each followed by '\n', as 32 lower-case hex digits plus NUL. `account` is the
  * store's account field ("<endpoint>#grid=<chunk bytes>"), so the grid is part of it. */
-void bs_redisidx_tag(const char *account, const char *container, const char *blob,
-                     const char *etag, char tag[BS_IDX_TAG_LEN + 1]);
+void bs_redisidx_tag(const char *account, const char *container, const char *blob, const char *etag,
+                     char tag[BS_IDX_TAG_LEN + 1]);
 
 /* One round trip: the holders of the chunk if any (this node excluded); else the lease, won
  * or held. Always fills *r (d = BS_IDX_DOWN on any failure) and returns r->d. */
@@ -98,8 +100,7 @@ int bs_redisidx_cluster(struct bs_redisidx *x, int *nodes, int *rank);
 int bs_redisidx_up(struct bs_redisidx *x);
 /* For tools: calls fn for each chunk in [0, nchunks) with its holders (pipelined). 0 or -1. */
 int bs_redisidx_holders(struct bs_redisidx *x, const char *tag, uint64_t nchunks,
-                        void (*fn)(void *arg, uint64_t chunk, const struct bs_peer *holders,
-                                   int n),
+                        void (*fn)(void *arg, uint64_t chunk, const struct bs_peer *holders, int n),
                         void *arg);
 
 /* Parses "redis://[:password@]host:port[/db]" (exposed for tests). 0 or -1 with a message. */

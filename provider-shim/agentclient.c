@@ -49,7 +49,7 @@ struct bs_agentclient {
     atomic_uint answer_ms;              /* the agent's announced answer time (hello) */
     atomic_int uid_logged;              /* the refusal of a foreign socket owner was logged */
     /* counters (bs_agentclient_stats) */
-    atomic_uint_fast64_t n_served, n_miss, n_denied, n_error, n_bad_checksum, n_bypassed,
+    atomic_uint_fast64_t n_served, n_miss, n_pending, n_denied, n_error, n_bad_checksum, n_bypassed,
         n_uid_refused, n_unreachable, n_timeouts, n_busy;
     char last_reason[160]; /* under lock */
 };
@@ -65,6 +65,7 @@ struct slot {
     uint64_t want_lo, want_hi;    /* the part of it the caller wants (blob offsets) */
     int sock;
     int served;
+    int pending; /* the agent answered BS_CHUNK_PENDING: ask again */
     int corrupt;
     /* HTTP route */
     struct bs_fetch_req req;
@@ -93,6 +94,7 @@ void bs_agentclient_stats(struct bs_agentclient *c, struct bs_agentclient_stats 
     out->unreachable = atomic_load(&c->n_unreachable);
     out->timeouts = atomic_load(&c->n_timeouts);
     out->busy = atomic_load(&c->n_busy);
+    out->pending = atomic_load(&c->n_pending);
     pthread_mutex_lock(&c->lock);
     memcpy(out->last_reason, c->last_reason, sizeof(out->last_reason));
     pthread_mutex_unlock(&c->lock);
@@ -383,6 +385,7 @@ static void fill_req(struct bs_chunk_req *q, const struct bs_delegation *d, cons
     snprintf(q->etag, sizeof(q->etag), "%s", etag);
     q->chunk = chunk;
     q->sub_off = q->sub_len = 0;
+    q->accept_pending = 1;
     q->auth = *d;
 }
 
@@ -402,6 +405,9 @@ static void tally(struct bs_agentclient *c, const struct bs_chunk_reply *r)
     case BS_CHUNK_ERROR:
         count(&c->n_error);
         break;
+    case BS_CHUNK_PENDING:
+        count(&c->n_pending);
+        return;
     }
     note_reason(c, r->reason);
 }
@@ -502,6 +508,7 @@ static void read_unix(struct bs_agentclient *c, struct slot *sl, size_t n, struc
             continue;
         }
         tally(c, r);
+        sl[i].pending = r->status == BS_CHUNK_PENDING;
         if (fd >= 0 && reply_matches(r, &sl[i], etag, blob_size)) {
             int crc = copy_verified(r, &sl[i], fd, NULL, 0, 0, buf, off);
             sl[i].served = crc == 0;
@@ -628,6 +635,7 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
             continue;
         }
         tally(c, r);
+        sl[i].pending = r->status == BS_CHUNK_PENDING;
         if (r->status == BS_CHUNK_HIT || r->status == BS_CHUNK_FILLED) {
             /* The grid guessed before the first reply: learn it for the next call. */
             atomic_store(&c->block_size, r->block_size);
@@ -658,6 +666,21 @@ static void read_http(struct bs_agentclient *c, struct slot *sl, size_t n, struc
     bs_fetch_batch_cleanup(&batch);
     free(r);
 }
+
+static void read_slots(struct bs_agentclient *c, struct slot *sl, size_t n, struct bs_chunk_req *q,
+                       const struct bs_delegation *d, const char *container, const char *blob,
+                       const char *etag, uint64_t blob_size, char *buf, uint64_t off,
+                       uint64_t deadline_ns, int own_deadline)
+{
+    if (c->is_unix)
+        read_unix(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
+                  own_deadline);
+    else
+        read_http(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
+                  own_deadline);
+}
+
+#define MAX_PENDING_ROUNDS 1000 /* x the agent's answer time: far past any caller deadline */
 
 size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation *d,
                            const char *container, const char *blob, const char *etag,
@@ -711,12 +734,46 @@ size_t bs_agentclient_read(struct bs_agentclient *c, const struct bs_delegation 
             off + len < sl[i].cstart + sl[i].clen ? off + len : sl[i].cstart + sl[i].clen;
         sl[i].sock = -1;
     }
-    if (c->is_unix)
-        read_unix(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
-                  deadline_ns != caller_deadline);
-    else
-        read_http(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
-                  deadline_ns != caller_deadline);
+    read_slots(c, sl, n, q, d, container, blob, etag, blob_size, buf, off, deadline_ns,
+               deadline_ns != caller_deadline);
+    /* Chunks the agent is still filling (it answered "pending": a fill is in progress and
+     * moving) are asked for again, each time with a fresh answer time, until the caller's
+     * deadline for the agent: waiting for that fill beats reading the chunk from Azure a
+     * second time. MAX_PENDING_ROUNDS bounds the loop whatever the agent answers. */
+    for (int round = 0; round < MAX_PENDING_ROUNDS; round++) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            k += sl[i].pending && !sl[i].served;
+        uint64_t now = bs_now_ns();
+        if (k == 0 || (caller_deadline && now >= caller_deadline))
+            break;
+        struct slot *again = calloc(k, sizeof(*again));
+        if (!again)
+            break;
+        k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (sl[i].pending && !sl[i].served) {
+                again[k] = sl[i];
+                again[k].json = again[k].body = again[k].meta = NULL;
+                again[k].sock = -1;
+                again[k].pending = 0;
+                k++;
+            }
+        uint64_t dl = request_deadline(c, now, caller_deadline);
+        read_slots(c, again, k, q, d, container, blob, etag, blob_size, buf, off, dl,
+                   dl != caller_deadline);
+        k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (sl[i].pending && !sl[i].served) {
+                sl[i].served = again[k].served;
+                sl[i].pending = again[k].pending;
+                free(again[k].json);
+                free(again[k].body);
+                free(again[k].meta);
+                k++;
+            }
+        free(again);
+    }
     for (size_t i = 0; i < n; i++) {
         if (!sl[i].served) {
             uint64_t lo = sl[i].want_lo, l = sl[i].want_hi - sl[i].want_lo;

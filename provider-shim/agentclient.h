@@ -41,6 +41,7 @@ struct bs_agentclient_stats {
     uint64_t unreachable;  /* connect or transport failures */
     uint64_t timeouts;     /* no answer within the agent timeout */
     uint64_t busy;         /* the agent was at its connection limit */
+    uint64_t pending;      /* answers "a fill is in progress, ask again" (asked again) */
     char last_reason[160]; /* the agent's last miss/denied/error reason */
 };
 

@@ -292,13 +292,14 @@ static void write_report(const struct shim_state *s)
     fprintf(f,
             "agent=%s credential=\"%s\" served=%llu miss=%llu denied=%llu error=%llu "
             "bad_checksum=%llu bypassed=%llu uid_refused=%llu unreachable=%llu timeouts=%llu "
-            "busy=%llu last_reason=\"%s\"\n",
+            "busy=%llu pending=%llu last_reason=\"%s\"\n",
             s->agent ? bs_agentclient_address(s->agent) : "none", bs_azcred_describe(s->cred),
             (unsigned long long)st.served, (unsigned long long)st.miss,
             (unsigned long long)st.denied, (unsigned long long)st.error,
             (unsigned long long)st.bad_checksum, (unsigned long long)st.bypassed,
             (unsigned long long)st.uid_refused, (unsigned long long)st.unreachable,
-            (unsigned long long)st.timeouts, (unsigned long long)st.busy, st.last_reason);
+            (unsigned long long)st.timeouts, (unsigned long long)st.busy,
+            (unsigned long long)st.pending, st.last_reason);
     fclose(f);
 }
 

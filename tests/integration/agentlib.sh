@@ -168,7 +168,7 @@ mval() {
 mdelta() { echo $(($(mval "$2" "$3") - $(mval "$1" "$3"))); }
 
 readonly REQ='blobswarm_agent_chunk_requests_total'
-readonly FETCHES='blobswarm_agent_origin_fetches_total{reason="miss"}'
+readonly FETCHES='blobswarm_agent_origin_fetches_total{reason="no_holder"}'
 readonly OBYTES='blobswarm_agent_origin_bytes_total'
 readonly SERVED_LOCAL='blobswarm_agent_served_bytes_total{source="local"}'
 readonly SERVED_ORIGIN='blobswarm_agent_served_bytes_total{source="origin"}'

@@ -61,3 +61,16 @@ add_executable(unit_sas ${CMAKE_CURRENT_LIST_DIR}/test_sas.c)
 target_link_libraries(unit_sas PRIVATE bs_agent PkgConfig::CMOCKA Threads::Threads)
 add_test(NAME unit_sas COMMAND unit_sas)
 set_tests_properties(unit_sas PROPERTIES LABELS unit TIMEOUT 60)
+
+# peer/redisidx without a server: URL parsing, the blob-version tag, option checks, answers
+# when Redis is unreachable (tests/integration/redisidx.cmake runs it against redis-server).
+add_executable(unit_redisidx ${CMAKE_CURRENT_LIST_DIR}/test_redisidx.c)
+target_link_libraries(unit_redisidx PRIVATE bs_agent PkgConfig::CMOCKA Threads::Threads)
+add_test(NAME unit_redisidx COMMAND unit_redisidx)
+set_tests_properties(unit_redisidx PROPERTIES LABELS unit TIMEOUT 60)
+
+# peer/peerauth: request signatures, chunk records, the cluster secret file's checks.
+add_executable(unit_peerauth ${CMAKE_CURRENT_LIST_DIR}/test_peerauth.c)
+target_link_libraries(unit_peerauth PRIVATE bs_agent PkgConfig::CMOCKA)
+add_test(NAME unit_peerauth COMMAND unit_peerauth)
+set_tests_properties(unit_peerauth PROPERTIES LABELS unit TIMEOUT 60)

@@ -34,6 +34,11 @@
 
 #define BLOCK 4096u
 #define ETAG  "\"0x8DC0FFEE\""
+#define OPTS(d, budget, high, low, bs)                                                             \
+    {                                                                                              \
+        .dir = (d), .budget_bytes = (budget), .high_watermark_pct = (high),                        \
+        .low_watermark_pct = (low), .block_size = (bs)                                             \
+    }
 
 struct env {
     char dir[64]; /* /tmp/bs_store_test.XXXXXX */
@@ -100,7 +105,7 @@ static int teardown(void **state)
 
 static struct bs_store *open_store(const char *dir, uint64_t budget, int high, int low)
 {
-    struct bs_store_opts o = {dir, budget, high, low, BLOCK};
+    struct bs_store_opts o = OPTS(dir, budget, high, low, BLOCK);
     char err[256] = "";
     struct bs_store *s = bs_store_create(&o, err, sizeof(err));
     if (!s)
@@ -283,7 +288,7 @@ static void expect_consistent(const char *dir, struct bs_store *s)
 static uint64_t file_bytes(size_t blob_len, size_t len)
 {
     return len + 32 + (2 + 4) + (2 + 6) + (2 + blob_len) + (2 + strlen(ETAG)) +
-           4 * ((len + BLOCK - 1) / BLOCK) + 12;
+           4 * ((len + BLOCK - 1) / BLOCK) + 32 + 12;
 }
 
 /* ---- round trips and keys ---- */
@@ -381,6 +386,107 @@ static void test_key_derivation(void **state)
                      -EINVAL);
     assert_true(strstr(err, "limit") != NULL);
     expect_consistent(e->dir, e->s);
+}
+
+/* ---- data digests ---- */
+
+static void sha256_of(const void *data, size_t len, unsigned char md[32])
+{
+    assert_true(EVP_Digest(data, len, md, NULL, EVP_sha256(), NULL));
+}
+
+static void expect_digest(struct bs_store *s, const struct bs_chunk_key *k,
+                          const unsigned char want[32])
+{
+    struct bs_chunk_ref *r;
+    assert_int_equal(bs_store_get(s, k, &r), 0);
+    assert_memory_equal(bs_chunk_ref_sha256(r), want, 32);
+    bs_store_release(s, r);
+}
+
+/* bs_store_put records the SHA-256 of the data; it survives a restart (from the trailer). A
+ * block bigger than the piece the store checksums at a time (64 KiB) gets the same CRCs. */
+static void test_digest_roundtrip(void **state)
+{
+    struct env *e = *state;
+    static const size_t lens[] = {0, 1, BLOCK - 1, BLOCK, 3 * BLOCK + 17, 1 << 20};
+    const size_t n = sizeof(lens) / sizeof(lens[0]);
+    unsigned char md[sizeof(lens) / sizeof(lens[0])][32];
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    for (size_t i = 0; i < n; i++) {
+        struct bs_chunk_key k = key_of("digest", i);
+        unsigned char *buf = malloc(lens[i] + 1);
+        assert_non_null(buf);
+        fill(buf, lens[i], &k);
+        sha256_of(buf, lens[i], md[i]);
+        free(buf);
+        put_ok(e->s, &k, lens[i]);
+        expect_digest(e->s, &k, md[i]);
+    }
+    bs_store_destroy(e->s);
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    for (size_t i = 0; i < n; i++) {
+        struct bs_chunk_key k = key_of("digest", i);
+        expect_digest(e->s, &k, md[i]);
+        expect_chunk(e->s, &k, lens[i]);
+    }
+
+    /* 256 KiB blocks, checksummed in 64 KiB pieces. */
+    char big[PATH_MAX];
+    snprintf(big, sizeof(big), "%s/bigblocks", e->dir);
+    const uint32_t bigblock = 256u << 10;
+    struct bs_store_opts o = OPTS(big, 64 << 20, 90, 70, bigblock);
+    char err[256] = "";
+    struct bs_store *s2 = bs_store_create(&o, err, sizeof(err));
+    assert_non_null(s2);
+    size_t len = 2 * bigblock + 70000;
+    struct bs_chunk_key k = key_of("bigblocks", 0);
+    unsigned char *buf = malloc(len);
+    assert_non_null(buf);
+    fill(buf, len, &k);
+    unsigned char want[32];
+    sha256_of(buf, len, want);
+    assert_int_equal(bs_store_put(s2, &k, buf, len, err, sizeof(err)), 0);
+    struct bs_chunk_ref *r;
+    assert_int_equal(bs_store_get(s2, &k, &r), 0);
+    assert_memory_equal(bs_chunk_ref_sha256(r), want, 32);
+    uint32_t nc;
+    const uint32_t *crcs = bs_chunk_ref_crcs(r, &nc);
+    assert_int_equal(nc, 3);
+    for (uint32_t i = 0; i < nc; i++) {
+        size_t off = (size_t)i * bigblock, blen = len - off < bigblock ? len - off : bigblock;
+        assert_int_equal(crcs[i], bs_crc32c(0, buf + off, blen));
+    }
+    bs_store_release(s2, r);
+    bs_store_destroy(s2);
+    free(buf);
+}
+
+/* bs_store_put_digest stores the digest it is given (the caller verified it), as is, across
+ * a restart; without one it is refused. */
+static void test_put_digest(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_chunk_key k = key_of("peer", 0), none = key_of("peer", 1);
+    unsigned char buf[2 * BLOCK + 5], given[32];
+    fill(buf, sizeof(buf), &k);
+    sha256_of(buf, sizeof(buf), given);
+    given[0] ^= 0xff; /* not the data's: shows it is stored, not recomputed */
+    char err[256] = "";
+    assert_int_equal(bs_store_put_digest(e->s, &k, buf, sizeof(buf), given, err, sizeof(err)), 0);
+    expect_digest(e->s, &k, given);
+    expect_chunk(e->s, &k, sizeof(buf));
+    assert_int_equal(bs_store_put_digest(e->s, &k, buf, sizeof(buf), given, err, sizeof(err)),
+                     -EEXIST);
+    err[0] = '\0';
+    assert_int_equal(bs_store_put_digest(e->s, &none, buf, sizeof(buf), NULL, err, sizeof(err)),
+                     -EINVAL);
+    assert_true(err[0] != '\0');
+    assert_false(has(e->s, &none));
+    bs_store_destroy(e->s);
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    expect_digest(e->s, &k, given);
 }
 
 /* ---- eviction ---- */
@@ -557,6 +663,176 @@ static void test_watermarks(void **state)
         struct bs_chunk_key k = key_of(name[i], 0);
         assert_int_equal(has(e->s, &k), i >= 4);
     }
+    expect_consistent(e->dir, e->s);
+}
+
+/* ---- walking the store, the eviction hook ---- */
+
+#define WALK_CHUNKS 1000 /* past the index's first 1024 buckets once the walk adds more */
+#define WALK_ADDED  100
+#define WALK_LONG   100 /* chunks with a 1000-byte blob name: more key bytes than one batch */
+
+struct walk {
+    struct bs_store *s;
+    int seen[WALK_CHUNKS + WALK_ADDED];
+    int calls, hits, foreign;
+    char long_name[1001];
+};
+
+static struct bs_chunk_key walk_key(struct walk *w, uint64_t i)
+{
+    return key_of(i < WALK_LONG ? w->long_name : "walk", i);
+}
+
+/* Counts each chunk; calls the store (a held lock would deadlock here); on its first call
+ * adds WALK_ADDED chunks, which makes the index's table double during the walk. */
+static void walk_one(void *arg, const struct bs_chunk_key *k)
+{
+    struct walk *w = arg;
+    if (w->calls++ == 0)
+        for (uint64_t i = WALK_CHUNKS; i < WALK_CHUNKS + WALK_ADDED; i++) {
+            struct bs_chunk_key add = walk_key(w, i);
+            put_ok(w->s, &add, 10);
+        }
+    struct bs_chunk_key want = walk_key(w, k->index);
+    if (k->index >= WALK_CHUNKS + WALK_ADDED || strcmp(k->account, want.account) ||
+        strcmp(k->container, want.container) || strcmp(k->blob, want.blob) ||
+        strcmp(k->etag, want.etag)) {
+        w->foreign++;
+        return;
+    }
+    w->seen[k->index]++;
+    if (has(w->s, k))
+        w->hits++;
+}
+
+/* Every chunk exactly once, the key intact, the lock not held during the callback; chunks
+ * added during the walk at most once. */
+static void test_foreach(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 256 << 20, 90, 70);
+    struct walk *w = calloc(1, sizeof(*w));
+    assert_non_null(w);
+    w->s = e->s;
+    memset(w->long_name, 'L', 1000);
+    for (uint64_t i = 0; i < WALK_CHUNKS; i++) {
+        struct bs_chunk_key k = walk_key(w, i);
+        put_ok(e->s, &k, 10);
+    }
+    assert_int_equal(bs_store_foreach(e->s, walk_one, w), 0);
+    assert_int_equal(w->foreign, 0);
+    int added = 0;
+    for (int i = 0; i < WALK_CHUNKS; i++)
+        if (w->seen[i] != 1)
+            fail_msg("chunk %d seen %d times", i, w->seen[i]);
+    for (int i = WALK_CHUNKS; i < WALK_CHUNKS + WALK_ADDED; i++) {
+        assert_true(w->seen[i] <= 1);
+        added += w->seen[i];
+    }
+    assert_int_equal(w->hits, WALK_CHUNKS + added);
+    print_message("foreach: %d of %d chunks added during the walk seen\n", added, WALK_ADDED);
+    /* Again, quiet: all of them once. */
+    memset(w->seen, 0, sizeof(w->seen));
+    w->calls = 1;
+    assert_int_equal(bs_store_foreach(e->s, walk_one, w), 0);
+    for (int i = 0; i < WALK_CHUNKS + WALK_ADDED; i++)
+        assert_int_equal(w->seen[i], 1);
+    free(w);
+    /* An empty store: no call. */
+    bs_store_destroy(e->s);
+    char empty[PATH_MAX];
+    snprintf(empty, sizeof(empty), "%s/empty", e->dir);
+    e->s = open_store(empty, 1 << 20, 90, 70);
+    struct walk none = {.s = e->s};
+    assert_int_equal(bs_store_foreach(e->s, walk_one, &none), 0);
+    assert_int_equal(none.calls, 0);
+}
+
+struct evictions {
+    struct bs_store *s; /* NULL while the store is being created */
+    char keys[16][32];  /* "<blob><index>" */
+    int n, still_there;
+};
+
+/* Records the key; checks, through the store (no lock held), that it is gone. */
+static void on_evict(void *arg, const struct bs_chunk_key *k)
+{
+    struct evictions *ev = arg;
+    assert_string_equal(k->account, "acct");
+    assert_string_equal(k->etag, ETAG);
+    if (ev->n < 16)
+        snprintf(ev->keys[ev->n], sizeof(ev->keys[0]), "%s%llu", k->blob,
+                 (unsigned long long)k->index);
+    ev->n++;
+    if (ev->s && has(ev->s, k))
+        ev->still_there++;
+}
+
+static bool evicted(const struct evictions *ev, const char *key)
+{
+    for (int i = 0; i < ev->n && i < 16; i++)
+        if (strcmp(ev->keys[i], key) == 0)
+            return true;
+    return false;
+}
+
+/* The hook hears of every chunk that leaves: evicted by a put, dropped by a reader, found
+ * missing, evicted at start-up for a smaller budget. */
+static void test_on_evict(void **state)
+{
+    struct env *e = *state;
+    uint64_t one = file_bytes(1, CHUNK_LEN);
+    struct evictions ev = {0};
+    struct bs_store_opts o = OPTS(e->dir, 10 * one, 90, 70, BLOCK);
+    o.on_evict = on_evict;
+    o.on_evict_arg = &ev;
+    char err[256] = "";
+    e->s = bs_store_create(&o, err, sizeof(err));
+    assert_non_null(e->s);
+    ev.s = e->s;
+    for (const char *b = "A"; *b <= 'C'; b = *b == 'A' ? "B" : *b == 'B' ? "C" : "D")
+        for (int i = 0; i < 3; i++) {
+            struct bs_chunk_key k = key_of(b, (uint64_t)i);
+            put_ok(e->s, &k, CHUNK_LEN);
+        }
+    assert_int_equal(ev.n, 0);
+    struct bs_chunk_key d = key_of("D", 0), d1 = key_of("D", 1);
+    put_ok(e->s, &d, CHUNK_LEN); /* A goes, whole */
+    assert_int_equal(ev.n, 3);
+    assert_true(evicted(&ev, "A0") && evicted(&ev, "A1") && evicted(&ev, "A2"));
+    bs_store_drop(e->s, &d);
+    assert_int_equal(ev.n, 4);
+    assert_true(evicted(&ev, "D0"));
+    bs_store_drop(e->s, &d); /* not there: nothing */
+    assert_int_equal(ev.n, 4);
+    /* A file gone behind the store's back: the reader's open drops it. */
+    put_ok(e->s, &d1, CHUNK_LEN);
+    char p[PATH_MAX];
+    chunk_path(e->dir, &d1, p, sizeof(p));
+    unprotect(p);
+    assert_int_equal(unlink(p), 0);
+    struct bs_chunk_ref *r;
+    assert_int_equal(bs_store_get(e->s, &d1, &r), 0);
+    assert_int_equal(bs_chunk_ref_open(r), -ENOENT);
+    bs_store_release(e->s, r);
+    assert_int_equal(ev.n, 5);
+    assert_true(evicted(&ev, "D1"));
+    assert_int_equal(ev.still_there, 0);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.evicted_chunks + st.dropped_corrupt, (uint64_t)ev.n);
+    /* Restart with half the budget: what the scan evicts is told too. */
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    struct evictions ev2 = {0};
+    o.budget_bytes = 5 * one;
+    o.on_evict_arg = &ev2;
+    e->s = bs_store_create(&o, err, sizeof(err));
+    assert_non_null(e->s);
+    bs_store_get_stats(e->s, &st);
+    assert_true(st.evicted_chunks > 0);
+    assert_int_equal(st.evicted_chunks, (uint64_t)ev2.n);
     expect_consistent(e->dir, e->s);
 }
 
@@ -938,7 +1214,7 @@ static void test_planted_links_at_scan(void **state)
     e->s = NULL;
     snprintf(q, sizeof(q), "%s/store-link", e->dir);
     assert_int_equal(symlink(dir, q), 0);
-    struct bs_store_opts o = {q, 64 << 20, 90, 70, BLOCK};
+    struct bs_store_opts o = OPTS(q, 64 << 20, 90, 70, BLOCK);
     char err[256] = "";
     assert_null(bs_store_create(&o, err, sizeof(err)));
     assert_non_null(strstr(err, "link"));
@@ -1107,6 +1383,87 @@ static void test_corrupt_trailers_and_names(void **state)
     expect_consistent(e->dir, e->s);
 }
 
+/* The trailer of the chunk file at path rewritten with format version `version` and a
+ * SHA-256 field of sha_len bytes (32 is right; shorter drops its end, longer repeats its last
+ * byte), its own CRC and length kept consistent: only the version or the digest's length is
+ * wrong. */
+static void rewrite_trailer(const char *path, uint16_t version, size_t sha_len)
+{
+    size_t flen;
+    unsigned char *b = slurp(path, &flen);
+    uint32_t tlen = (uint32_t)b[flen - 8] | (uint32_t)b[flen - 7] << 8 |
+                    (uint32_t)b[flen - 6] << 16 | (uint32_t)b[flen - 5] << 24;
+    size_t t = flen - tlen, sha = flen - 12 - 32, n = sha;
+    unsigned char *out = malloc(flen + 64);
+    assert_non_null(out);
+    memcpy(out, b, sha);
+    out[t + 4] = (unsigned char)version;
+    out[t + 5] = (unsigned char)(version >> 8);
+    for (size_t i = 0; i < sha_len; i++)
+        out[n++] = b[sha + (i < 32 ? i : 31)];
+    uint32_t crc = bs_crc32c(0, out + t, n - t), ntlen = (uint32_t)(n + 12 - t);
+    for (int i = 0; i < 4; i++) {
+        out[n + (size_t)i] = (unsigned char)(crc >> (8 * i));
+        out[n + 4 + (size_t)i] = (unsigned char)(ntlen >> (8 * i));
+    }
+    memcpy(out + n + 8, "BSCE", 4);
+    write_file(path, out, n + 12);
+    free(out);
+    free(b);
+}
+
+/* The scan keeps format-2 files with their digest; it deletes format-1 files (no digest: the
+ * cache refills them), and format-2 files whose digest is short, long, or altered. */
+static void test_scan_trailer_versions(void **state)
+{
+    struct env *e = *state;
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_chunk_key good = key_of("good", 0), v1 = key_of("v1", 0),
+                        v1long = key_of("v1long", 0), shortsha = key_of("short", 0),
+                        longsha = key_of("long", 0), flipped = key_of("flip", 0);
+    const struct bs_chunk_key *bad[] = {&v1, &v1long, &shortsha, &longsha, &flipped};
+    put_ok(e->s, &good, 2 * BLOCK + 3);
+    for (size_t i = 0; i < 5; i++)
+        put_ok(e->s, bad[i], 2 * BLOCK + 3);
+    unsigned char want[32], buf[2 * BLOCK + 3];
+    fill(buf, sizeof(buf), &good);
+    sha256_of(buf, sizeof(buf), want);
+    bs_store_destroy(e->s);
+    e->s = NULL;
+    char p[PATH_MAX];
+    chunk_path(e->dir, &v1, p, sizeof(p));
+    rewrite_trailer(p, 1, 0); /* exactly what format 1 wrote */
+    chunk_path(e->dir, &v1long, p, sizeof(p));
+    rewrite_trailer(p, 1, 32); /* format 1 with a digest it did not have */
+    chunk_path(e->dir, &shortsha, p, sizeof(p));
+    rewrite_trailer(p, 2, 31);
+    chunk_path(e->dir, &longsha, p, sizeof(p));
+    rewrite_trailer(p, 2, 33);
+    chunk_path(e->dir, &flipped, p, sizeof(p)); /* a digest bit, trailer CRC not fixed */
+    size_t flen;
+    unsigned char *b = slurp(p, &flen);
+    b[flen - 12 - 32] ^= 0x01;
+    write_file(p, b, flen);
+    free(b);
+    /* The untouched rewrite is a no-op: the helper itself keeps a file valid. */
+    chunk_path(e->dir, &good, p, sizeof(p));
+    rewrite_trailer(p, 2, 32);
+
+    e->s = open_store(e->dir, 64 << 20, 90, 70);
+    struct bs_store_stats st;
+    bs_store_get_stats(e->s, &st);
+    assert_int_equal(st.dropped_corrupt, 5);
+    assert_int_equal(st.chunks, 1);
+    expect_chunk(e->s, &good, sizeof(buf));
+    expect_digest(e->s, &good, want);
+    for (size_t i = 0; i < 5; i++) {
+        assert_false(has(e->s, bad[i]));
+        chunk_path(e->dir, bad[i], p, sizeof(p));
+        assert_false(exists(p));
+    }
+    expect_consistent(e->dir, e->s);
+}
+
 static void test_leftover_tmp_removed(void **state)
 {
     struct env *e = *state;
@@ -1161,10 +1518,10 @@ static void test_bad_options_and_second_store(void **state)
 {
     struct env *e = *state;
     const struct bs_store_opts bad[] = {
-        {e->dir, 1 << 20, 90, 70, 1000},     {e->dir, 1 << 20, 90, 70, 2048},
-        {e->dir, 1 << 20, 90, 70, 1u << 25}, {e->dir, 1 << 20, 70, 90, 65536},
-        {e->dir, 1 << 20, 101, 70, 65536},   {e->dir, 1 << 20, 90, 0, 65536},
-        {e->dir, 0, 90, 70, 65536},          {NULL, 1 << 20, 90, 70, 65536},
+        OPTS(e->dir, 1 << 20, 90, 70, 1000),     OPTS(e->dir, 1 << 20, 90, 70, 2048),
+        OPTS(e->dir, 1 << 20, 90, 70, 1u << 25), OPTS(e->dir, 1 << 20, 70, 90, 65536),
+        OPTS(e->dir, 1 << 20, 101, 70, 65536),   OPTS(e->dir, 1 << 20, 90, 0, 65536),
+        OPTS(e->dir, 0, 90, 70, 65536),          OPTS(NULL, 1 << 20, 90, 70, 65536),
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char err[256] = "";
@@ -1174,7 +1531,7 @@ static void test_bad_options_and_second_store(void **state)
     char nested[PATH_MAX];
     snprintf(nested, sizeof(nested), "%s/a/b/c", e->dir);
     e->s = open_store(nested, 1 << 20, 90, 70); /* parents created */
-    struct bs_store_opts o = {nested, 1 << 20, 90, 70, BLOCK};
+    struct bs_store_opts o = OPTS(nested, 1 << 20, 90, 70, BLOCK);
     char err[256] = "";
     assert_null(bs_store_create(&o, err, sizeof(err)));
     assert_true(strstr(err, "in use") != NULL);
@@ -1389,6 +1746,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_put_get_roundtrip),
         T(test_key_derivation),
+        T(test_digest_roundtrip),
+        T(test_put_digest),
         T(test_evict_lru_whole_versions),
         T(test_evict_skips_versions_in_use),
         T(test_evict_falls_back_to_chunks),
@@ -1399,12 +1758,15 @@ int main(void)
         T(test_restart_with_smaller_budget),
         T(test_tenant_cannot_evict_another),
         T(test_tenant_equal_share),
+        T(test_foreach),
+        T(test_on_evict),
         T(test_modes_and_protection),
         T(test_planted_chunk_link),
         T(test_planted_links_at_scan),
         T(test_corrupt_truncated),
         T(test_corrupt_data_byte),
         T(test_corrupt_trailers_and_names),
+        T(test_scan_trailer_versions),
         T(test_leftover_tmp_removed),
         cmocka_unit_test(test_verify_misuse),
         T(test_bad_options_and_second_store),
