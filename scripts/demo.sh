@@ -150,6 +150,7 @@ done
 # The uploads go to Azurite itself; every read (agents' fills, shims' own reads) goes through
 # the proxy, which counts the bytes it forwards: the demo's "origin bytes".
 readonly UPLOAD_CONN="DefaultEndpointsProtocol=http;AccountName=$ACCOUNT;AccountKey=$ACCOUNT_KEY;BlobEndpoint=$az_url/$ACCOUNT;"
+: >"$W/proxy.log" # exists before the first look at it
 node "$PROXY" --target "$az_url" --max-lifetime-s $((LOAD_S + KEEP_S + 600)) </dev/null >"$W/proxy.log" 2>&1 &
 PROXY_PID=$!
 proxy_port=""
@@ -202,7 +203,9 @@ done_ "$REDIS_URL"
 step "[3/6] three node agents (blobswarm-agent)"
 # The cluster secret: peers answer only requests signed with it.
 (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$W/cluster.secret")
-budget_mb=$((MODEL_MB * 2 > 1024 ? MODEL_MB * 2 : 1024))
+# Read-ahead (fetch the rest of a blob once a reader asked for it) takes blobs up to a
+# quarter of the budget; the store itself holds one model.
+budget_mb=$((MODEL_MB * 4 + 64 > 1024 ? MODEL_MB * 4 + 64 : 1024))
 for ((n = 1; n <= NODES; n++)); do
   BLOBSWARM_NODE_NAME=node$n BLOBSWARM_REDIS_URL=$REDIS_URL \
     BLOBSWARM_PEER_LISTEN=127.0.0.1:${PORTS[n]} BLOBSWARM_CLUSTER_SECRET_FILE=$W/cluster.secret \
