@@ -45,7 +45,8 @@ X_NODE_GBIT="${BENCH_X_NODE_GBIT:-25 50 100 200}" # extrapolation: node links, G
 X_ORIGIN_GBIT="${BENCH_X_ORIGIN_GBIT:-200}"     # extrapolation: account egress, Gbit/s
 X_REDIS_UTIL="${BENCH_X_REDIS_UTIL:-0.5}"       # extrapolation: busy share one Redis core may run at
 # The agents' settings beyond what cluster.sh sets (space-separated VAR=VALUE).
-AGENT_ENV="${BENCH_AGENT_ENV:-BLOBSWARM_READAHEAD=1 BLOBSWARM_LOG_LEVEL=warn}"
+# Read-ahead takes blobs up to a quarter of the store budget: the budget admits the model.
+AGENT_ENV="BLOBSWARM_STORE_BUDGET=$((MODEL_MB * 4 + 1024))M BLOBSWARM_READAHEAD=1 BLOBSWARM_LOG_LEVEL=warn ${BENCH_AGENT_ENV:-}"
 
 NGINX_PORT=18080      # the node's nginx, front (x-ms-range -> Range), on the node's loopback
 NGINX_CACHE_PORT=18081 # its caching server (slice, proxy_cache), same nginx
@@ -292,17 +293,25 @@ run_nginx() {
 }
 
 # ---- (c) blobswarm -----------------------------------------------------------------------------
-# redis_info: "commands cpu_ticks calls usec net_in net_out" of the Redis server now.
+# redis_info: "commands cpu_ticks net_in_bytes net_out_bytes" of the Redis server now (CPU:
+# utime + stime of redis-server from /proc, every thread, networking and timers included).
 redis_info() {
   local info st
-  info=$(cl_redis_cli INFO all | tr -d '\r') || die "cannot read Redis INFO"
+  info=$(cl_redis_cli INFO stats | tr -d '\r') || die "cannot read Redis INFO"
   st=$(sed 's/.*) //' "/proc/$CL_REDIS_PID/stat") || die "cannot read redis-server's /proc stat"
-  awk -v st="$st" -F'[:,=]' '
+  awk -v st="$st" -F: '
     $1 == "total_commands_processed" { c = $2 }
     $1 == "total_net_input_bytes" { ni = $2 }
     $1 == "total_net_output_bytes" { no = $2 }
-    $1 ~ /^cmdstat_/ { for (k = 2; k < NF; k += 2) { if ($k == "calls") calls += $(k + 1); if ($k == "usec") usec += $(k + 1) } }
-    END { split(st, f, " "); printf "%d %d %d %d %d %d\n", c, f[12] + f[13], calls, usec, ni, no }' <<<"$info"
+    END { split(st, f, " "); printf "%d %d %d %d\n", c, f[12] + f[13], ni, no }' <<<"$info"
+}
+
+# redis_top: the commands Redis ran since CONFIG RESETSTAT, most time first: "name calls
+# usec_per_call" (a script's own commands are counted both alone and in the script's time).
+redis_top() {
+  cl_redis_cli INFO commandstats | tr -d '\r' |
+    sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),usec=\([0-9]*\),usec_per_call=\([0-9.]*\).*/\3 \1 \2 \4/p' |
+    sort -rn | head -n 8 | awk '{ printf "%s %s %s\n", $2, $3, $4 }'
 }
 
 # agent_counters I: "commands bytes_out bytes_in" of agent I's Redis client.
@@ -318,9 +327,19 @@ start_agent() {
   cl_agent_start "$1" $AGENT_ENV || die "agent $1 did not start"
 }
 
-REDIS_JSON=""
+# Redis figures of the blobswarm load (RX_*), per GiB each node loaded:
+#   RX_AGENT_CMDS/_MAX/_BYTES  commands (round trips: a pipeline counts each command) and
+#                              bytes both ways, from the agents' blobswarm_redis_* counters
+#                              (mean and largest over the nodes)
+#   RX_SRV_CMDS, RX_SRV_BYTES  the server's count (total_commands_processed: the commands a
+#                              script runs count too) and its network bytes
+#   RX_CPU_S_GIB               redis-server CPU seconds, less what it spends idle (timers,
+#                              heartbeats: the rate of a quiet window after the load)
+#   RX_CPU_US, RX_IDLE_CMDS, RX_IDLE_CPU   CPU per server command; commands per node per
+#                              second and CPU share while nobody loads
+RX_AGENT_CMDS=""
 run_blobswarm() {
-  local i r0 r1 a1 cmds ticks calls usec nin nout
+  local i r0 r1 q0 q1 a1 t0 wall gib per_node="" srcs=""
   local -a before=()
   log "blobswarm: Redis and an agent per node"
   cl_redis || die "cl_redis failed"
@@ -328,17 +347,18 @@ run_blobswarm() {
   for ((i = 1; i <= NODES; i++)); do start_agent "$i"; done
   CL_LOAD_ENV=()
   for ((i = 1; i <= NODES; i++)); do before[i]=$(agent_counters "$i"); done
+  cl_redis_cli CONFIG RESETSTAT >/dev/null || die "cannot reset Redis' statistics"
   r0=$(redis_info)
   cl_origin_reset
+  t0=$(date +%s.%N)
   cluster_load blobswarm
+  wall=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
   r1=$(redis_info)
-  # Per node: commands and bytes per GiB it loaded; the source of what its agent served.
-  local per_node="" srcs="" gib
+  redis_top >"$WORK/redis_top"
   gib=$(awk -v s="$SIZE" 'BEGIN { printf "%.6f", s / 1073741824 }')
   for ((i = 1; i <= NODES; i++)); do
     a1=$(agent_counters "$i")
-    per_node+="$(awk -v a="${before[i]}" -v b="$a1" -v g="$gib" 'BEGIN { split(a, x, " "); split(b, y, " ")
-      printf "%.1f %.0f\n", (y[1] - x[1]) / g, (y[2] - x[2] + y[3] - x[3]) / g }')"$'\n'
+    per_node+="${before[i]} $a1"$'\n'
     srcs+="$(printf '%s %s %s %s %s' "$i" \
       "$(cl_metric "$i" blobswarm_agent_served_bytes_total 'source="local"')" \
       "$(cl_metric "$i" blobswarm_agent_served_bytes_total 'source="peer"')" \
@@ -346,28 +366,38 @@ run_blobswarm() {
       "$(cl_metric "$i" blobswarm_agent_origin_bytes_total)")"$'\n'
   done
   printf '%s' "$srcs" >"$WORK/sources"
-  read -r cmds ticks calls usec nin nout < <(awk -v a="$r0" -v b="$r1" 'BEGIN { split(a, x, " "); split(b, y, " ")
-    for (k = 1; k <= 6; k++) printf "%d ", y[k] - x[k]; print "" }')
-  # Background work (heartbeats, refreshes) while nobody loads: commands per node per second.
-  local q0 q1 bg_rate
+  # Background work while nobody loads (heartbeats, Redis' own timers).
   q0=$(redis_info)
   sleep "$IDLE_S"
   q1=$(redis_info)
-  bg_rate=$(awk -v a="$q0" -v b="$q1" -v n="$NODES" -v s="$IDLE_S" 'BEGIN { split(a, x, " "); split(b, y, " ")
-    printf "%.2f", (y[1] - x[1] - 1) / n / s }') # the first INFO is not the agents'
-  REDIS_JSON=$(awk -v pn="$per_node" -v cmds="$cmds" -v ticks="$ticks" -v hz="$CPU_HZ" \
-    -v calls="$calls" -v usec="$usec" -v nin="$nin" -v nout="$nout" -v n="$NODES" -v g="$gib" \
-    -v bg="$bg_rate" 'BEGIN {
+  read -r RX_AGENT_CMDS RX_AGENT_CMDS_MAX RX_AGENT_BYTES RX_SRV_CMDS RX_SRV_BYTES RX_CPU_S_GIB \
+    RX_CPU_US RX_IDLE_CMDS RX_IDLE_CPU RX_SRV_TOTAL RX_CPU_S < <(
+    awk -v pn="$per_node" -v r0="$r0" -v r1="$r1" -v q0="$q0" -v q1="$q1" -v hz="$CPU_HZ" \
+      -v n="$NODES" -v g="$gib" -v wall="$wall" -v idle="$IDLE_S" 'BEGIN {
       m = split(pn, rows, "\n"); k = 0
-      for (r = 1; r <= m; r++) if (rows[r] != "") { split(rows[r], f, " "); c += f[1]; b += f[2]; if (f[1] > cmax) cmax = f[1]; k++ }
-      agent_c = (k ? c / k : 0); agent_b = (k ? b / k : 0)
-      srv_c = cmds / n / g; srv_b = (nin + nout) / n / g
-      # Too few commands for the 1/HZ CPU clock: -1 (not measured).
-      cpu_us = (cmds >= 1000 ? ticks / hz * 1e6 / cmds : -1); call_us = (calls ? usec / calls : 0)
-      printf "{\"agent_cmds_per_gib_node\":%.1f,\"agent_cmds_per_gib_node_max\":%.1f,\"agent_bytes_per_gib_node\":%.0f,", agent_c, cmax, agent_b
-      printf "\"server_cmds\":%d,\"server_cmds_per_gib_node\":%.1f,\"server_bytes_per_gib_node\":%.0f,", cmds, srv_c, srv_b
-      printf "\"server_cpu_s\":%.3f,\"cpu_us_per_cmd\":%.2f,\"usec_per_call\":%.2f,\"idle_cmds_per_node_s\":%s}", ticks / hz, cpu_us, call_us, bg
+      for (r = 1; r <= m; r++) {
+        if (split(rows[r], f, " ") < 6) continue
+        c = (f[4] - f[1]) / g; c_sum += c; if (c > c_max) c_max = c
+        b_sum += (f[5] - f[2] + f[6] - f[3]) / g; k++
+      }
+      split(r0, x, " "); split(r1, y, " "); split(q0, p, " "); split(q1, q, " ")
+      cmds = y[1] - x[1] - 1                        # less the first INFO
+      cpu = (y[2] - x[2]) / hz
+      idle_cmds = (q[1] - p[1] - 1) / n / idle
+      idle_cpu = (q[2] - p[2]) / hz / idle           # share of one core
+      cpu_load = cpu - idle_cpu * wall; if (cpu_load < 0) cpu_load = 0
+      printf "%.1f %.1f %.0f %.1f %.0f %.4f %.2f %.2f %.4f %d %.2f\n",
+        (k ? c_sum / k : 0), c_max, (k ? b_sum / k : 0), cmds / n / g,
+        (y[3] - x[3] + y[4] - x[4]) / n / g, cpu_load / n / g,
+        (cmds > 0 ? cpu_load * 1e6 / cmds : 0), idle_cmds, idle_cpu, cmds, cpu
     }')
+  [ "$RX_SRV_TOTAL" -ge 1000 ] ||
+    log "note: only $RX_SRV_TOTAL Redis commands: its CPU figures are coarse (1/$CPU_HZ s clock)"
+  local top
+  top=$(awk '{ printf "%s{\"cmd\":\"%s\",\"calls\":%s,\"usec_per_call\":%s}", (NR > 1 ? "," : ""), $1, $2, $3 }' "$WORK/redis_top")
+  REDIS_JSON=$(printf '{"agent_cmds_per_gib_node":%s,"agent_cmds_per_gib_node_max":%s,"agent_bytes_per_gib_node":%s,"server_cmds":%s,"server_cmds_per_gib_node":%s,"server_bytes_per_gib_node":%s,"server_cpu_s":%s,"cpu_s_per_gib_node":%s,"cpu_us_per_cmd":%s,"idle_cmds_per_node_s":%s,"idle_cpu_share":%s,"top":[%s]}' \
+    "$RX_AGENT_CMDS" "$RX_AGENT_CMDS_MAX" "$RX_AGENT_BYTES" "$RX_SRV_TOTAL" "$RX_SRV_CMDS" \
+    "$RX_SRV_BYTES" "$RX_CPU_S" "$RX_CPU_S_GIB" "$RX_CPU_US" "$RX_IDLE_CMDS" "$RX_IDLE_CPU" "$top")
   report_system blobswarm ",\"redis\":$REDIS_JSON"
 }
 
@@ -399,44 +429,40 @@ run_warm() {
 human() { awk -v b="$1" 'BEGIN { if (b >= 1073741824) printf "%.2f GiB", b / 1073741824; else printf "%.1f MiB", b / 1048576 }'; }
 
 # ---- Redis extrapolation ---------------------------------------------------------------------
-# From the measured commands per GiB per node (agents' own counters; the server's count when
-# the agents export none), the idle rate and redis-server's CPU per command (from /proc over
-# the whole load: parsing, networking and its timers included, higher than usec_per_call).
+# Linear in nodes x GiB: the measured commands, bytes and redis-server CPU per GiB per node
+# (CPU less the idle rate), times X_NODES x the model. The ideal time is the cluster's:
+# max(model / node link, model / origin). Shards: cores / X_REDIS_UTIL, rounded up (one Redis
+# shard is one core; Redis Cluster spreads blob versions by their hash tag).
 extrapolate() {
-  [ -n "$REDIS_JSON" ] || return 0
-  local per_gib cpu_us bg bytes
-  per_gib=$(sed -n 's/.*"agent_cmds_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
-  bytes=$(sed -n 's/.*"agent_bytes_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
-  if awk -v c="$per_gib" 'BEGIN { exit !(c == 0) }'; then
-    per_gib=$(sed -n 's/.*"server_cmds_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
-    bytes=$(sed -n 's/.*"server_bytes_per_gib_node":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
+  [ -n "$RX_AGENT_CMDS" ] || return 0
+  local g per_gib="$RX_AGENT_CMDS" bytes="$RX_AGENT_BYTES"
+  if awk -v c="$per_gib" 'BEGIN { exit !(c == 0) }'; then # agents without the counters
+    per_gib=$RX_SRV_CMDS
+    bytes=$RX_SRV_BYTES
   fi
-  cpu_us=$(sed -n 's/.*"cpu_us_per_cmd":\([-0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
-  local cpu_src="CPU per command (/proc over the load)"
-  if awk -v u="$cpu_us" 'BEGIN { exit !(u <= 0) }'; then
-    cpu_us=$(sed -n 's/.*"usec_per_call":\([0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
-    cpu_src="usec_per_call (INFO commandstats; too few commands for /proc)"
-  fi
-  bg=$(sed -n 's/.*"idle_cmds_per_node_s":\([-0-9.]*\).*/\1/p' <<<"$REDIS_JSON")
   echo ""
-  printf 'Redis at scale: %s nodes loading a %s GB model at once, origin %s Gbit/s\n' "$X_NODES" "$X_MODEL_GB" "$X_ORIGIN_GBIT"
-  printf '  measured here: %s commands and %s bytes per GiB per node, %s idle commands per node per second,\n' \
-    "$per_gib" "$bytes" "$bg"
-  printf '  redis-server %s us per command, %s; a shard kept at most %s busy\n' "$cpu_us" "$cpu_src" "$X_REDIS_UTIL"
-  printf '  %-10s %9s %14s %12s %13s %12s\n' "node link" "ideal" "commands" "Redis CPU" "Redis cores" "shards"
-  local g
+  printf 'Redis at scale: %s nodes loading a %s GB model at once, origin %s Gbit/s, a shard at most %s busy\n' \
+    "$X_NODES" "$X_MODEL_GB" "$X_ORIGIN_GBIT" "$X_REDIS_UTIL"
+  printf '  measured here, per GiB per node: %s agent commands (%s bytes), %s server commands,\n' \
+    "$per_gib" "$bytes" "$RX_SRV_CMDS"
+  printf '  %s s redis-server CPU (%s us per server command); idle: %s commands per node per second\n' \
+    "$RX_CPU_S_GIB" "$RX_CPU_US" "$RX_IDLE_CMDS"
+  printf '  %-11s %8s %15s %15s %11s %12s %7s %7s\n' "node link" "ideal" "agent commands" \
+    "server commands" "Redis CPU" "Redis net" "cores" "shards"
   : >"$WORK/xresults"
   for g in $X_NODE_GBIT; do
     awk -v n="$X_NODES" -v gb="$X_MODEL_GB" -v lg="$g" -v og="$X_ORIGIN_GBIT" -v c="$per_gib" \
-      -v us="$cpu_us" -v bg="$bg" -v u="$X_REDIS_UTIL" -v by="$bytes" -v out="$WORK/xresults" 'BEGIN {
+      -v sc="$RX_SRV_CMDS" -v cpu_gib="$RX_CPU_S_GIB" -v u="$X_REDIS_UTIL" -v by="$bytes" \
+      -v sby="$RX_SRV_BYTES" -v out="$WORK/xresults" 'BEGIN {
         a = gb * 8 / lg; b = gb * 8 / og; ideal = (a > b ? a : b)
-        gib = gb * 1e9 / 1073741824
-        cmds = n * gib * c + n * (bg > 0 ? bg : 0) * ideal
-        cpu = cmds * us / 1e6; cores = cpu / ideal; shards = cores / u
+        gib = n * gb * 1e9 / 1073741824                # GiB loaded, all nodes together
+        cmds = gib * c; scmds = gib * sc; cpu = gib * cpu_gib
+        cores = cpu / ideal; shards = cores / u
         shards = (shards == int(shards) ? shards : int(shards) + 1); if (shards < 1) shards = 1
-        printf "  %-10s %8.1fs %14.3g %11.0fs %13.2f %12d\n", lg " Gbit/s", ideal, cmds, cpu, cores, shards
-        printf "RESULT {\"bench\":\"cluster\",\"case\":\"redis_extrapolation\",\"nodes\":%d,\"model_gb\":%d,\"node_gbit\":%d,\"origin_gbit\":%d,\"ideal_s\":%.2f,\"commands\":%.0f,\"redis_bytes\":%.0f,\"redis_cpu_s\":%.1f,\"redis_cores\":%.2f,\"shards\":%d,\"cmds_per_gib_node\":%s,\"cpu_us_per_cmd\":%s}\n", \
-          n, gb, lg, og, ideal, cmds, n * gib * by, cpu, cores, shards, c, us >> out
+        gbit = gib * sby * 8 / ideal / 1e9
+        printf "  %-11s %7.1fs %15.3g %15.3g %10.0fs %7.2f Gb/s %7.1f %7d\n", lg " Gbit/s", ideal, cmds, scmds, cpu, gbit, cores, shards
+        printf "RESULT {\"bench\":\"cluster\",\"case\":\"redis_extrapolation\",\"nodes\":%d,\"model_gb\":%d,\"node_gbit\":%d,\"origin_gbit\":%d,\"ideal_s\":%.2f,\"agent_commands\":%.0f,\"server_commands\":%.0f,\"redis_bytes\":%.0f,\"redis_gbit_per_s\":%.3f,\"redis_cpu_s\":%.1f,\"redis_cores\":%.2f,\"shards\":%d,\"redis_util\":%s}\n", \
+          n, gb, lg, og, ideal, cmds, scmds, gib * sby, gbit, cpu, cores, shards, u >> out
       }'
   done
   cat "$WORK/xresults"
@@ -509,9 +535,14 @@ if [ -s "$WORK/sources" ]; then
     printf '  %-5s %12s %12s %12s %14s\n' "$i" "$(human "$l")" "$(human "$p")" "$(human "$o")" "$(human "$f")"
   done <"$WORK/sources"
 fi
-if [ -n "$REDIS_JSON" ]; then
+if [ -n "$RX_AGENT_CMDS" ]; then
   echo ""
-  echo "Redis during the blobswarm load: $REDIS_JSON"
+  echo "Redis during the blobswarm load ($RX_SRV_TOTAL server commands, redis-server ${RX_CPU_S}s CPU):"
+  printf '  per GiB per node: %s agent commands (largest node %s), %s bytes; %s server commands, %s bytes\n' \
+    "$RX_AGENT_CMDS" "$RX_AGENT_CMDS_MAX" "$RX_AGENT_BYTES" "$RX_SRV_CMDS" "$RX_SRV_BYTES"
+  printf '  most time (INFO commandstats):'
+  awk '{ printf " %s %s x %s us;", $1, $2, $3 }' "$WORK/redis_top"
+  echo ""
   printf 'RESULT {"bench":"cluster","case":"redis","nodes":%d,"model_bytes":%d,"redis":%s}\n' "$NODES" "$SIZE" "$REDIS_JSON"
 fi
 [ -z "$WARM_LINE" ] || { echo ""; echo "$WARM_LINE"; }
