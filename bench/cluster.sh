@@ -138,6 +138,8 @@ SUMMARY=()
 cluster_load() {
   local sys="$1" i t0 launch secs bad=0
   local -a off=()
+  local c0
+  c0=$(cpu_snap)
   t0=$(date +%s.%N)
   for ((i = 1; i <= NODES; i++)); do
     off[i]=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
@@ -157,7 +159,12 @@ cluster_load() {
     cp "$CL_DIR/n$i/load.log" "$WORK/load.$sys.$i.log"
   done
   [ "$bad" -eq 0 ] || die "$sys: a load failed (see above)"
+  CPU_BUSY=$(awk -v a="$c0" -v b="$(cpu_snap)" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    printf "%.2f", 1 - (y[2] - x[2]) / (y[1] - x[1]) }')
 }
+
+# cpu_snap: "total idle" jiffies of the whole machine (/proc/stat; iowait counts as idle).
+cpu_snap() { awk '$1 == "cpu" { t = 0; for (k = 2; k <= NF; k++) t += $k; print t, $5 + $6; exit }' /proc/stat; }
 
 # report_system SYSTEM EXTRA_JSON: origin bytes and completion figures of the last load.
 report_system() {
@@ -173,12 +180,12 @@ report_system() {
   local first median last list over
   read -r first median last list <<<"$stats"
   over=$(awk -v l="$last" -v i="$IDEAL_S" 'BEGIN { printf "%.2f", l / i }')
-  SUMMARY+=("$(printf '%-10s %11s %9s %9s %9s %9s %11s' "$sys" "$(awk -v b="$ob" 'BEGIN { printf "%.2f GiB", b / 1073741824 }')" \
-    "${ratio}x" "${first}s" "${median}s" "${last}s" "${over}x")")
-  log "$sys: origin $ob bytes (${ratio}x model), nodes done in ${first}..${last}s (median ${median}s), last/ideal ${over}"
-  printf 'RESULT {"bench":"cluster","system":"%s","nodes":%d,"model_bytes":%d,"node_mbit":%d,"origin_mbit":%d,"threads":%d,"origin_bytes":%d,"origin_ratio":%s,"ideal_s":%s,"first_s":%s,"median_s":%s,"last_s":%s,"last_over_ideal":%s,"node_s":[%s]%s,"load":"%s"}\n' \
+  SUMMARY+=("$(printf '%-10s %11s %9s %9s %9s %9s %11s %9s' "$sys" "$(awk -v b="$ob" 'BEGIN { printf "%.2f GiB", b / 1073741824 }')" \
+    "${ratio}x" "${first}s" "${median}s" "${last}s" "${over}x" "$(awk -v c="$CPU_BUSY" 'BEGIN { printf "%.0f%%", c * 100 }')")")
+  log "$sys: origin $ob bytes (${ratio}x model), nodes done in ${first}..${last}s (median ${median}s), last/ideal ${over}, machine CPU ${CPU_BUSY} busy"
+  printf 'RESULT {"bench":"cluster","system":"%s","nodes":%d,"model_bytes":%d,"node_mbit":%d,"origin_mbit":%d,"threads":%d,"origin_bytes":%d,"origin_ratio":%s,"ideal_s":%s,"first_s":%s,"median_s":%s,"last_s":%s,"last_over_ideal":%s,"node_s":[%s]%s,"cpu_busy":%s,"load":"%s"}\n' \
     "$sys" "$NODES" "$SIZE" "$NODE_MBIT" "$ORIGIN_MBIT" "$THREADS" "$ob" "$ratio" "$IDEAL_S" \
-    "$first" "$median" "$last" "$over" "$list" "$extra" "$(loadavg)"
+    "$first" "$median" "$last" "$over" "$list" "$extra" "$CPU_BUSY" "$(loadavg)"
 }
 
 # ---- (a) no cache ----------------------------------------------------------------------------
@@ -293,8 +300,9 @@ run_nginx() {
 }
 
 # ---- (c) blobswarm -----------------------------------------------------------------------------
-# redis_info: "commands cpu_ticks net_in_bytes net_out_bytes" of the Redis server now (CPU:
-# utime + stime of redis-server from /proc, every thread, networking and timers included).
+# redis_info: "commands cpu_ticks net_in_bytes net_out_bytes user_ticks" of the Redis server
+# now (CPU: utime + stime of redis-server from /proc, every thread, networking and timers
+# included; user_ticks: utime alone).
 redis_info() {
   local info st
   info=$(cl_redis_cli INFO stats | tr -d '\r') || die "cannot read Redis INFO"
@@ -303,7 +311,7 @@ redis_info() {
     $1 == "total_commands_processed" { c = $2 }
     $1 == "total_net_input_bytes" { ni = $2 }
     $1 == "total_net_output_bytes" { no = $2 }
-    END { split(st, f, " "); printf "%d %d %d %d\n", c, f[12] + f[13], ni, no }' <<<"$info"
+    END { split(st, f, " "); printf "%d %d %d %d %d\n", c, f[12] + f[13], ni, no, f[12] }' <<<"$info"
 }
 
 # redis_top: the commands Redis ran since CONFIG RESETSTAT, most time first: "name calls
@@ -319,6 +327,30 @@ agent_counters() {
   printf '%s %s %s\n' "$(cl_metric "$1" blobswarm_redis_commands_total)" \
     "$(cl_metric "$1" blobswarm_redis_bytes_total 'dir="out"')" \
     "$(cl_metric "$1" blobswarm_redis_bytes_total 'dir="in"')"
+}
+
+# why_origin SYSTEM: one line on why bytes came from the origin in the last load: the agents'
+# origin fetches by reason and lease waits by outcome (summed over nodes 1..N), and what the
+# shims report (chunks their agent served, miss answers: ranges the shim read itself).
+why_origin() {
+  local i m="" served miss
+  for ((i = 1; i <= NODES; i++)); do
+    m+="$(curl -fsS --max-time 10 "$(cl_agent_http "$i")/metrics" || true)"$'\n'
+  done
+  served=$(cat "$WORK/load.$1".*.log | sed -n 's/.* \([0-9][0-9]*\) chunk(s) served by the agent.*/\1/p' |
+    awk '{ s += $1 } END { print s + 0 }')
+  miss=$(cat "$WORK/load.$1".*.log | sed -n 's/.* \([0-9][0-9]*\) miss answer(s).*/\1/p' |
+    awk '{ s += $1 } END { print s + 0 }')
+  awk -v served="$served" -v miss="$miss" '
+    /^blobswarm_agent_origin_fetches_total\{/ || /^blobswarm_lease_waits_total\{/ {
+      split($1, p, "\""); key = ($1 ~ /^blobswarm_lease/ ? "lease wait " : "origin fetch ") p[2]
+      sum[key] += $2
+    }
+    END {
+      out = ""
+      for (k in sum) if (sum[k] > 0) out = out sprintf("%s %d; ", k, sum[k])
+      printf "%sshims: %d chunk(s) served by their agent, %d miss answer(s)\n", out, served, miss
+    }' <<<"$m"
 }
 
 # start_agent I: agent I with the bench's settings.
@@ -366,12 +398,13 @@ run_blobswarm() {
       "$(cl_metric "$i" blobswarm_agent_origin_bytes_total)")"$'\n'
   done
   printf '%s' "$srcs" >"$WORK/sources"
+  why_origin blobswarm >"$WORK/why"
   # Background work while nobody loads (heartbeats, Redis' own timers).
   q0=$(redis_info)
   sleep "$IDLE_S"
   q1=$(redis_info)
   read -r RX_AGENT_CMDS RX_AGENT_CMDS_MAX RX_AGENT_BYTES RX_SRV_CMDS RX_SRV_BYTES RX_CPU_S_GIB \
-    RX_CPU_US RX_IDLE_CMDS RX_IDLE_CPU RX_SRV_TOTAL RX_CPU_S < <(
+    RX_CPU_US RX_IDLE_CMDS RX_IDLE_CPU RX_SRV_TOTAL RX_CPU_S RX_USER_S < <(
     awk -v pn="$per_node" -v r0="$r0" -v r1="$r1" -v q0="$q0" -v q1="$q1" -v hz="$CPU_HZ" \
       -v n="$NODES" -v g="$gib" -v wall="$wall" -v idle="$IDLE_S" 'BEGIN {
       m = split(pn, rows, "\n"); k = 0
@@ -386,18 +419,18 @@ run_blobswarm() {
       idle_cmds = (q[1] - p[1] - 1) / n / idle
       idle_cpu = (q[2] - p[2]) / hz / idle           # share of one core
       cpu_load = cpu - idle_cpu * wall; if (cpu_load < 0) cpu_load = 0
-      printf "%.1f %.1f %.0f %.1f %.0f %.4f %.2f %.2f %.4f %d %.2f\n",
+      printf "%.1f %.1f %.0f %.1f %.0f %.4f %.2f %.2f %.4f %d %.2f %.2f\n",
         (k ? c_sum / k : 0), c_max, (k ? b_sum / k : 0), cmds / n / g,
         (y[3] - x[3] + y[4] - x[4]) / n / g, cpu_load / n / g,
-        (cmds > 0 ? cpu_load * 1e6 / cmds : 0), idle_cmds, idle_cpu, cmds, cpu
+        (cmds > 0 ? cpu_load * 1e6 / cmds : 0), idle_cmds, idle_cpu, cmds, cpu, (y[5] - x[5]) / hz
     }')
   [ "$RX_SRV_TOTAL" -ge 1000 ] ||
     log "note: only $RX_SRV_TOTAL Redis commands: its CPU figures are coarse (1/$CPU_HZ s clock)"
   local top
   top=$(awk '{ printf "%s{\"cmd\":\"%s\",\"calls\":%s,\"usec_per_call\":%s}", (NR > 1 ? "," : ""), $1, $2, $3 }' "$WORK/redis_top")
-  REDIS_JSON=$(printf '{"agent_cmds_per_gib_node":%s,"agent_cmds_per_gib_node_max":%s,"agent_bytes_per_gib_node":%s,"server_cmds":%s,"server_cmds_per_gib_node":%s,"server_bytes_per_gib_node":%s,"server_cpu_s":%s,"cpu_s_per_gib_node":%s,"cpu_us_per_cmd":%s,"idle_cmds_per_node_s":%s,"idle_cpu_share":%s,"top":[%s]}' \
+  REDIS_JSON=$(printf '{"agent_cmds_per_gib_node":%s,"agent_cmds_per_gib_node_max":%s,"agent_bytes_per_gib_node":%s,"server_cmds":%s,"server_cmds_per_gib_node":%s,"server_bytes_per_gib_node":%s,"server_cpu_s":%s,"server_user_cpu_s":%s,"cpu_s_per_gib_node":%s,"cpu_us_per_cmd":%s,"idle_cmds_per_node_s":%s,"idle_cpu_share":%s,"top":[%s]}' \
     "$RX_AGENT_CMDS" "$RX_AGENT_CMDS_MAX" "$RX_AGENT_BYTES" "$RX_SRV_TOTAL" "$RX_SRV_CMDS" \
-    "$RX_SRV_BYTES" "$RX_CPU_S" "$RX_CPU_S_GIB" "$RX_CPU_US" "$RX_IDLE_CMDS" "$RX_IDLE_CPU" "$top")
+    "$RX_SRV_BYTES" "$RX_CPU_S" "$RX_USER_S" "$RX_CPU_S_GIB" "$RX_CPU_US" "$RX_IDLE_CMDS" "$RX_IDLE_CPU" "$top")
   report_system blobswarm ",\"redis\":$REDIS_JSON"
 }
 
@@ -509,7 +542,7 @@ set xlabel 'seconds since all nodes started'
 set ylabel 'nodes done (fraction)'
 set yrange [0:1.05]
 set xrange [0:*]
-set key bottom right
+set key top left opaque box
 set grid
 set arrow from $IDEAL_S, graph 0 to $IDEAL_S, graph 1 nohead dt 2 lc rgb 'gray40'
 set label 'ideal ${IDEAL_S}s' at $IDEAL_S, graph 0.5 offset 0.5,0 textcolor rgb 'gray40'
@@ -525,7 +558,7 @@ if [ "$WARM" = 1 ] && [[ " $SYSTEMS " == *" blobswarm "* ]]; then run_warm; fi
 
 echo ""
 echo "Cluster load: $NODES nodes at once, model $(human "$SIZE"), node links $NODE_MBIT Mbit/s, origin $ORIGIN_MBIT Mbit/s, ideal ${IDEAL_S}s"
-printf '%-10s %11s %9s %9s %9s %9s %11s\n' system "origin" "x model" "first" "median" "last" "last/ideal"
+printf '%-10s %11s %9s %9s %9s %9s %11s %9s\n' system "origin" "x model" "first" "median" "last" "last/ideal" "CPU busy"
 printf '%s\n' "${SUMMARY[@]}"
 if [ -s "$WORK/sources" ]; then
   echo ""
@@ -534,10 +567,11 @@ if [ -s "$WORK/sources" ]; then
   while read -r i l p o f; do
     printf '  %-5s %12s %12s %12s %14s\n' "$i" "$(human "$l")" "$(human "$p")" "$(human "$o")" "$(human "$f")"
   done <"$WORK/sources"
+  echo "  why from the origin: $(cat "$WORK/why")"
 fi
 if [ -n "$RX_AGENT_CMDS" ]; then
   echo ""
-  echo "Redis during the blobswarm load ($RX_SRV_TOTAL server commands, redis-server ${RX_CPU_S}s CPU):"
+  echo "Redis during the blobswarm load ($RX_SRV_TOTAL server commands, redis-server ${RX_CPU_S}s CPU, ${RX_USER_S}s of it user):"
   printf '  per GiB per node: %s agent commands (largest node %s), %s bytes; %s server commands, %s bytes\n' \
     "$RX_AGENT_CMDS" "$RX_AGENT_CMDS_MAX" "$RX_AGENT_BYTES" "$RX_SRV_CMDS" "$RX_SRV_BYTES"
   printf '  most time (INFO commandstats):'
