@@ -138,8 +138,10 @@ SUMMARY=()
 cluster_load() {
   local sys="$1" i t0 launch secs bad=0
   local -a off=()
-  local c0
+  local c0 o0 w0
   c0=$(cpu_snap)
+  o0=$(own_cpu)
+  w0=$(date +%s.%N)
   t0=$(date +%s.%N)
   for ((i = 1; i <= NODES; i++)); do
     off[i]=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
@@ -161,6 +163,27 @@ cluster_load() {
   [ "$bad" -eq 0 ] || die "$sys: a load failed (see above)"
   CPU_BUSY=$(awk -v a="$c0" -v b="$(cpu_snap)" 'BEGIN { split(a, x, " "); split(b, y, " ")
     printf "%.2f", 1 - (y[2] - x[2]) / (y[1] - x[1]) }')
+  CPU_OWN=$(awk -v a="$o0" -v b="$(own_cpu)" -v w0="$w0" -v w1="$(date +%s.%N)" \
+    'BEGIN { printf "%.2f", (b - a) / (w1 - w0) }')
+}
+
+# own_cpu: CPU seconds used so far by this benchmark's processes: everything in the node
+# namespaces (agents, nginx), the origin proxy, Redis, Azurite, and the children this shell
+# has reaped (the loads, with their readers).
+own_cpu() {
+  local -a pids=()
+  local i
+  for ((i = 1; i <= CL_NODES; i++)); do
+    mapfile -t -O "${#pids[@]}" pids < <(ip netns pids "${CL_ID}n$i" 2>/dev/null)
+  done
+  pids+=("$CL_PROXY_PID" "${CL_REDIS_PID:-}")
+  mapfile -t -O "${#pids[@]}" pids < <(cat /proc/"$AZ_PID"/task/*/children 2>/dev/null | tr ' ' '\n')
+  { for i in "${pids[@]}"; do [ -z "$i" ] || sed 's/.*) //' "/proc/$i/stat" 2>/dev/null; done; times; } |
+    awk -v hz="$CPU_HZ" '
+      NF > 20 { t += ($12 + $13) / hz; next }     # a /proc/PID/stat line
+      /^[0-9]+m[0-9.]+s / { n++; if (n == 2) {     # times: the children line
+        for (k = 1; k <= 2; k++) { split($k, m, "m"); t += m[1] * 60 + m[2] } } }
+      END { printf "%.2f\n", t }'
 }
 
 # cpu_snap: "total idle" jiffies of the whole machine (/proc/stat; iowait counts as idle).
@@ -180,12 +203,12 @@ report_system() {
   local first median last list over
   read -r first median last list <<<"$stats"
   over=$(awk -v l="$last" -v i="$IDEAL_S" 'BEGIN { printf "%.2f", l / i }')
-  SUMMARY+=("$(printf '%-10s %11s %9s %9s %9s %9s %11s %9s' "$sys" "$(awk -v b="$ob" 'BEGIN { printf "%.2f GiB", b / 1073741824 }')" \
-    "${ratio}x" "${first}s" "${median}s" "${last}s" "${over}x" "$(awk -v c="$CPU_BUSY" 'BEGIN { printf "%.0f%%", c * 100 }')")")
-  log "$sys: origin $ob bytes (${ratio}x model), nodes done in ${first}..${last}s (median ${median}s), last/ideal ${over}, machine CPU ${CPU_BUSY} busy"
-  printf 'RESULT {"bench":"cluster","system":"%s","nodes":%d,"model_bytes":%d,"node_mbit":%d,"origin_mbit":%d,"threads":%d,"origin_bytes":%d,"origin_ratio":%s,"ideal_s":%s,"first_s":%s,"median_s":%s,"last_s":%s,"last_over_ideal":%s,"node_s":[%s]%s,"cpu_busy":%s,"load":"%s"}\n' \
+  SUMMARY+=("$(printf '%-10s %11s %9s %9s %9s %9s %11s %11s %9s' "$sys" "$(awk -v b="$ob" 'BEGIN { printf "%.2f GiB", b / 1073741824 }')" \
+    "${ratio}x" "${first}s" "${median}s" "${last}s" "${over}x" "$CPU_OWN" "$(awk -v c="$CPU_BUSY" 'BEGIN { printf "%.0f%%", c * 100 }')")")
+  log "$sys: origin $ob bytes (${ratio}x model), nodes done in ${first}..${last}s (median ${median}s), last/ideal ${over}; CPU: the bench's processes ${CPU_OWN} cores, the machine $(awk -v c="$CPU_BUSY" 'BEGIN { printf "%.0f%%", c * 100 }') busy"
+  printf 'RESULT {"bench":"cluster","system":"%s","nodes":%d,"model_bytes":%d,"node_mbit":%d,"origin_mbit":%d,"threads":%d,"origin_bytes":%d,"origin_ratio":%s,"ideal_s":%s,"first_s":%s,"median_s":%s,"last_s":%s,"last_over_ideal":%s,"node_s":[%s]%s,"cpu_busy":%s,"bench_cores":%s,"load":"%s"}\n' \
     "$sys" "$NODES" "$SIZE" "$NODE_MBIT" "$ORIGIN_MBIT" "$THREADS" "$ob" "$ratio" "$IDEAL_S" \
-    "$first" "$median" "$last" "$over" "$list" "$extra" "$CPU_BUSY" "$(loadavg)"
+    "$first" "$median" "$last" "$over" "$list" "$extra" "$CPU_BUSY" "$CPU_OWN" "$(loadavg)"
 }
 
 # ---- (a) no cache ----------------------------------------------------------------------------
@@ -558,7 +581,7 @@ if [ "$WARM" = 1 ] && [[ " $SYSTEMS " == *" blobswarm "* ]]; then run_warm; fi
 
 echo ""
 echo "Cluster load: $NODES nodes at once, model $(human "$SIZE"), node links $NODE_MBIT Mbit/s, origin $ORIGIN_MBIT Mbit/s, ideal ${IDEAL_S}s"
-printf '%-10s %11s %9s %9s %9s %9s %11s %9s\n' system "origin" "x model" "first" "median" "last" "last/ideal" "CPU busy"
+printf '%-10s %11s %9s %9s %9s %9s %11s %11s %9s\n' system "origin" "x model" "first" "median" "last" "last/ideal" "bench cores" "machine"
 printf '%s\n' "${SUMMARY[@]}"
 if [ -s "$WORK/sources" ]; then
   echo ""
