@@ -139,7 +139,7 @@ static const struct bs_cfg_entry agent_settings[] = {
      "redis://[:password@]host:port[/db] of the cluster index; empty: no peer sharing", 1},
     {"BLOBSWARM_REDIS_PASSWORD_FILE", BS_CFG_STR, 0, 1000, "", F(redis_password_file),
      "file whose first line is the Redis password (overrides the URL's)", 0},
-    {"BLOBSWARM_REDIS_TIMEOUT_MS", BS_CFG_MS, 10, 10000, "250", F(redis_timeout_ms),
+    {"BLOBSWARM_REDIS_TIMEOUT_MS", BS_CFG_MS, 10, 10000, "500", F(redis_timeout_ms),
      "connect and command limit for Redis; past it Redis counts as down for a backoff", 0},
     {"BLOBSWARM_PEER_LISTEN", BS_CFG_STR, 0, 64, "", F(peer_listen),
      "peer HTTP address IPv4:port (other agents fetch chunks here); required with REDIS_URL", 0},
@@ -151,7 +151,7 @@ static const struct bs_cfg_entry agent_settings[] = {
      0},
     {"BLOBSWARM_NODE_NAME", BS_CFG_STR, 0, 63, "", F(node_name),
      "this agent's name in the cluster ([A-Za-z0-9._-]); default: the host name", 0},
-    {"BLOBSWARM_PEER_UPLOADS", BS_CFG_INT, 1, 1024, "16", F(peer_uploads),
+    {"BLOBSWARM_PEER_UPLOADS", BS_CFG_INT, 1, 1024, "64", F(peer_uploads),
      "chunk bodies sent to peers at once; beyond: 503", 0},
     {"BLOBSWARM_PEER_DOWNLOADS", BS_CFG_INT, 1, 1024, "8", F(peer_downloads),
      "chunk fetches from peers at once", 0},
@@ -243,6 +243,8 @@ static int check_flags(int argc, char **argv, char *err, size_t errsz)
             snprintf(err, errsz, "unexpected argument \"%s\"", a);
             return -EINVAL;
         }
+        if (strcmp(a, "--check-config") == 0 || strcmp(a, "--settings-json") == 0)
+            continue;
         if (strncmp(a, "--config", 8) == 0 && (a[8] == '=' || a[8] == '\0')) {
             i += a[8] == '\0';
             continue;
@@ -389,9 +391,36 @@ static int fit_descriptors(struct agent_config *c, char *err, size_t errsz)
     return 0;
 }
 
+/* The settings table as JSON (name, flag, file key, type, bounds, default, help, secret):
+ * what the Helm chart's values and schema are checked against, so they cannot drift. */
+static int print_settings_json(FILE *out)
+{
+    static const char *const types[] = {"int", "bytes", "ms", "string"};
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < NSETTINGS; i++) {
+        const struct bs_cfg_entry *e = &agent_settings[i];
+        char flag[96], key[96];
+        short_name(e->name, '-', flag, sizeof(flag));
+        short_name(e->name, '_', key, sizeof(key));
+        json_t *o =
+            json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s,s:s,s:b}", "env", e->name, "flag", flag, "key",
+                      key, "type", types[e->type], "min", (json_int_t)e->min, "max",
+                      (json_int_t)e->max, "default", e->def, "help", e->help, "secret", e->secret);
+        if (!o || json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            return 1;
+        }
+    }
+    int rc = arr && json_dumpf(arr, out, JSON_INDENT(1)) == 0 && fputc('\n', out) != EOF ? 0 : 1;
+    json_decref(arr);
+    return rc;
+}
+
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: blobswarm-agent [--config FILE.json] [--<setting>=VALUE ...]\n\n"
+    fprintf(out, "usage: blobswarm-agent [--config FILE.json] [--<setting>=VALUE ...]\n"
+                 "       blobswarm-agent --check-config [...]   validate the settings, exit 0/2\n"
+                 "       blobswarm-agent --settings-json        the settings table as JSON\n\n"
                  "Each setting is a flag (--store-dir), an environment variable\n"
                  "(BLOBSWARM_STORE_DIR) or a key of the JSON file (store_dir), in that order "
                  "of precedence.\n\n");
@@ -406,6 +435,12 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         }
+    int check_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--settings-json") == 0)
+            return print_settings_json(stdout);
+        check_only |= strcmp(argv[i], "--check-config") == 0;
+    }
     struct sources src = {argc, argv, NULL, ""};
     const char *cfgfile = getenv("BLOBSWARM_CONFIG");
     for (int i = 1; i < argc; i++) {
@@ -438,6 +473,11 @@ int main(int argc, char **argv)
     if (check_consistent(&cfg, &socket_mode, err, sizeof(err)) != 0) {
         fprintf(stderr, "blobswarm-agent: %s\n", err);
         return 2;
+    }
+    if (check_only) {
+        /* What a start would refuse, short of opening the store or files. */
+        printf("blobswarm-agent: configuration ok\n");
+        return 0;
     }
     bs_log_set_level(bs_log_parse_level(cfg.log_level, BS_LOG_INFO));
     char line[4096];

@@ -287,7 +287,8 @@ static void pause_ms(struct bs_service *s, long ms, uint64_t end_ns)
     pthread_mutex_unlock(&s->lock);
 }
 
-#define FILL_ROUNDS 8 /* decisions per fill before it reads Azure whatever Redis says */
+#define FILL_ROUNDS 64 /* decisions per fill before it reads Azure whatever Redis says */
+#define BACKOFF_MS  50 /* first pause after a busy peer; doubles up to 1.6 s */
 
 /* Where a missing chunk comes from. Standalone: Azure. In a cluster, one decision in Redis:
  * a holder (tried in turn, starting at a place that differs per chunk, so that load spreads
@@ -304,6 +305,7 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
     uint64_t end_ns =
         bs_now_ns() + (uint64_t)(s->p.lease_wait_ms + s->p.peer_timeout_ms) * 1000000ull;
     const char *reason = "lease_timeout";
+    int busy_rounds = 0;
     for (int round = 0; round < FILL_ROUNDS && !stopping(s) && bs_now_ns() < end_ns; round++) {
         struct bs_idx_result r;
         enum bs_idx_decision d = bs_redisidx_decide(s->p.idx, tag, j->index, &r);
@@ -317,7 +319,11 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
                 bs_redisidx_release(s->p.idx, tag, j->index);
             return rc;
         }
+        /* A busy peer (at its upload cap) or download slots all taken here is not a reason
+         * to read Azure again: pause (50 ms doubling) and decide again. */
+        long backoff = BACKOFF_MS << (busy_rounds < 5 ? busy_rounds : 5);
         if (d == BS_IDX_HOLDERS) {
+            int busy = 0;
             for (int h = 0; h < r.nholders; h++) {
                 const struct bs_peer *p =
                     &r.holders[(h + (int)(j->index % (uint64_t)r.nholders)) % r.nholders];
@@ -326,9 +332,15 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
                     return 0;
                 if (e == BS_PEER_E_CONNECT || e == BS_PEER_E_NOTFOUND)
                     bs_redisidx_forget(s->p.idx, tag, j->index, p);
+                busy += e == BS_PEER_E_BUSY || e == BS_PEER_E_LIMIT;
             }
-            reason = "peer_failed";
-            break;
+            if (!busy) {
+                reason = "peer_failed";
+                break;
+            }
+            busy_rounds++;
+            pause_ms(s, backoff, end_ns);
+            continue;
         }
         /* BS_IDX_LEASE_HELD: another agent is reading it from Azure. */
         if (atomic_load(&j->prefetch)) {
@@ -347,10 +359,12 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
                       1);
         if (e == BS_PEER_OK)
             return 0;
-        if (e == BS_PEER_E_CONNECT) /* the lessee is gone: its lease expires on its own */
+        if (e == BS_PEER_E_CONNECT) { /* the lessee is gone: its lease expires on its own */
             pause_ms(s, r.lease_left_ms + 50, end_ns);
-        else if (e != BS_PEER_E_NOTFOUND)
-            pause_ms(s, 100, end_ns);
+        } else if (e != BS_PEER_E_NOTFOUND) {
+            busy_rounds++;
+            pause_ms(s, backoff, end_ns);
+        }
     }
     int rc = fill_origin(s, j, buf, reason, err, errsz);
     if (rc == 0)
@@ -462,7 +476,8 @@ static struct fill_job *take_readahead_locked(struct bs_service *s)
             j->len = pl->size - j->start < s->o.chunk_size ? pl->size - j->start : s->o.chunk_size;
             j->refs = 1;
             j->plan = pl;
-            atomic_store(&j->prefetch, 1);
+            /* The first pass skips chunks another agent is filling; the second waits. */
+            atomic_store(&j->prefetch, pl->passes == 0 ? 1 : 0);
             j->created_ns = bs_now_ns();
             bs_cond_init(&j->cv);
             size_t b = job_bucket(j->endpoint, j->container, j->blob, j->etag, c);

@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 
-BENCHMARKS=(direct.sh agent.sh cluster.sh)
+BENCHMARKS=(checksum.sh direct.sh agent.sh cluster.sh)
 
 failed=()
 for b in "${BENCHMARKS[@]}"; do

@@ -41,6 +41,7 @@ set(BS_AGENT_CASES
   frozen 90
   http_route 90
   single_flight 120
+  pending 120
   sigterm_drain 90
   sigterm_stuck 90
   sigterm_check 60

@@ -29,6 +29,8 @@
 #   http_route       BLOBSWARM_AGENT=http://...: cold + warm byte-exact, warm zero origin GETs,
 #                    also with unaligned read sizes
 #   single_flight    200 concurrent callers of one missing chunk: one origin fetch
+#   pending          a fill slower than the answer time: callers are told "pending" and ask
+#                    again; the chunk is read from the origin once
 #   sigterm_drain    SIGTERM during a load whose fills end within BLOBSWARM_DRAIN_MS: exit 0
 #                    in time, load byte-exact
 #   sigterm_stuck    SIGTERM while a fill is stuck at the origin longer than the drain time:
@@ -335,6 +337,25 @@ case_single_flight() {
   expect_ge "herd: requests answered 'filled' (waited for the one fill)" \
     "$(mdelta 0 1 "$REQ{status=\"filled\"}")" $((callers / 2))
   log "note: access checks (HEAD) for the herd: $(mdelta 0 1 'blobswarm_agent_access_checks_total{result="granted"}'), origin HEADs $(proxy_stat heads)"
+}
+
+# A fill slower than the request's fill wait (500 ms) and the answer time: the agent answers
+# "pending" while fills move and the herd asks again instead of reading Azure a second time.
+# Before the pending status, each caller got miss and read the chunk from Azure itself.
+case_pending() {
+  : "${BS_AGENT_HERD:?set BS_AGENT_HERD to agent_herd}"
+  local blob=agent-it/pending-$$.bin size=$CHUNK callers=20
+  proxy_start
+  upload http data "$blob" 62 "$size"
+  agent_start a --fill-wait-ms=500 --answer-ms=1000 --check-ms=500
+  proxy_rule "{\"kind\":\"stall\",\"ms\":3000,\"count\":1,\"match\":\"$blob\",\"methods\":[\"GET\"]}"
+  snap a 0
+  proxy_reset
+  load_herd herd "$(agent_sock a)" "$blob" "$callers" 0 "$size" 62
+  snap a 1
+  expect_eq "pending: ranged GETs at the origin (the fill only)" "$(proxy_stat rangedGets)" 1
+  expect_ge "pending: answers 'pending' (asked again)" "$(mdelta 0 1 "$REQ{status=\"pending\"}")" "$callers"
+  expect_eq "pending: answers 'miss'" "$(mdelta 0 1 "$REQ{status=\"miss\"}")" 0
 }
 
 # sigterm_case FILL_MS DRAIN_MS: SIGTERM while the first fills are at the origin.

@@ -42,8 +42,10 @@
 #                            prints the blob's new ETag
 #   cl_spawn NAME CMD..., cl_spawn_port NAME   a helper process stopped by cl_down
 #   cl_ns_exec I CMD...      a command inside namespace I
-#   cl_down                  stops everything started here, deletes the namespaces, veths and
-#                            bridge, removes DIR's content (chattr -R -i first); idempotent.
+#   cl_down                  stops everything started here, deletes the blobs cl_upload made,
+#                            the namespaces, veths and bridge, removes DIR's content
+#                            (chattr -R -i first); idempotent. A caller may replace the EXIT
+#                            trap as long as its own calls cl_down.
 #                            CL_KEEP=1 keeps DIR for a post-mortem.
 # Settings (environment, read by cl_init): CL_BUILD (default ROOT/build), CL_AGENT_BIN,
 #   CL_SHIM_LIB, CL_READ_CLI, CL_GENDATA, CL_LOAD_S (one load's limit, default 300),
@@ -353,6 +355,22 @@ cl_upload() {
     { rm -f "$f" "$f.out"; cl_err "upload of $container/$blob failed"; return 1; }
   sed -n "s/^export ETAG='\\(.*\\)'\$/\\1/p" "$f.out"
   rm -f "$f" "$f.out"
+  grep -qxF "$container|$blob" "$CL_DIR/.cl/uploads" 2>/dev/null ||
+    echo "$container|$blob" >>"$CL_DIR/.cl/uploads"
+}
+
+# Deletes what cl_upload put in Azurite (Azurite keeps blobs in memory). Best effort, 60 s.
+_cl_delete_uploads() {
+  local u container blob conn
+  [ -s "$CL_DIR/.cl/uploads" ] && [ -n "$CL_AZURITE_URL" ] || return 0
+  conn="DefaultEndpointsProtocol=http;AccountName=$CL_ACCOUNT;AccountKey=$CL_ACCOUNT_KEY;BlobEndpoint=$CL_AZURITE_URL/$CL_ACCOUNT;"
+  while IFS= read -r u; do
+    container=${u%%|*}
+    blob=${u#*|}
+    printf '["delete","--conn","%s","--container","%s","--blob","%s"]\n' "$conn" "$container" "$blob"
+  done <"$CL_DIR/.cl/uploads" | timeout 60 node "$CL_TOOLS/azfixture.mjs" batch >/dev/null 2>&1 ||
+    cl_log "note: could not delete the uploaded blobs"
+  : >"$CL_DIR/.cl/uploads"
 }
 
 # cl_spawn NAME CMD...: a helper process (a relay, a tool) stopped by cl_down, output in
@@ -590,6 +608,7 @@ cl_down() {
       [ -n "$pid" ] && cl_alive "$pid" && _cl_stop "$pid"
     done <"$CL_DIR/.cl/pids"
   fi
+  _cl_delete_uploads
   _cl_teardown "$CL_ID"
   if [ -n "$CL_WATCHDOG_PID" ]; then
     kill -TERM "$CL_WATCHDOG_PID" 2>/dev/null || true

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1666,9 +1667,12 @@ static void *worker_main(void *arg)
             else {
                 uint32_t n;
                 const uint32_t *crcs = bs_chunk_ref_crcs(ref, &n);
+                unsigned char md[32];
                 fill(want, len, &k);
                 if (memcmp(buf, want, len) != 0 ||
-                    bs_chunk_verify(crcs, n, BLOCK, len, 0, buf, len) != 0)
+                    bs_chunk_verify(crcs, n, BLOCK, len, 0, buf, len) != 0 ||
+                    !EVP_Digest(buf, len, md, NULL, EVP_sha256(), NULL) ||
+                    memcmp(md, bs_chunk_ref_sha256(ref), 32) != 0)
                     w->errors++;
             }
             if (fd >= 0)
@@ -1705,13 +1709,63 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* Beside the workers: walks the store again and again until told to stop, and hears of
+ * every chunk that leaves. Counters are atomic: the hook runs on the workers' threads. */
+struct watcher {
+    struct bs_store *s;
+    atomic_int stop;
+    atomic_ulong walks, visits, evicted, bad_keys;
+};
+
+static bool worker_key(const struct bs_chunk_key *k)
+{
+    return strcmp(k->account, "acct") == 0 && strcmp(k->container, "models") == 0 &&
+           strlen(k->blob) == 2 && k->blob[0] == 'w' && k->blob[1] >= '0' &&
+           k->blob[1] < '0' + T_BLOBS && strcmp(k->etag, ETAG) == 0 && k->index < T_INDEXES;
+}
+
+static void watch_visit(void *arg, const struct bs_chunk_key *k)
+{
+    struct watcher *wt = arg;
+    atomic_fetch_add(&wt->visits, 1);
+    if (!worker_key(k))
+        atomic_fetch_add(&wt->bad_keys, 1);
+}
+
+static void watch_evict(void *arg, const struct bs_chunk_key *k)
+{
+    struct watcher *wt = arg;
+    atomic_fetch_add(&wt->evicted, 1);
+    if (!worker_key(k))
+        atomic_fetch_add(&wt->bad_keys, 1);
+}
+
+static void *watcher_main(void *arg)
+{
+    struct watcher *wt = arg;
+    while (!atomic_load(&wt->stop)) {
+        if (bs_store_foreach(wt->s, watch_visit, wt) != 0)
+            atomic_fetch_add(&wt->bad_keys, 1);
+        atomic_fetch_add(&wt->walks, 1);
+    }
+    return NULL;
+}
+
 static void test_threads(void **state)
 {
     struct env *e = *state;
     uint64_t budget = 14 * file_bytes(2, 2 * BLOCK); /* fewer than the pins can hold */
-    e->s = open_store(e->dir, budget, 90, 60);
-    pthread_t t[T_THREADS];
+    struct watcher wt = {0};
+    struct bs_store_opts o = OPTS(e->dir, budget, 90, 60, BLOCK);
+    o.on_evict = watch_evict;
+    o.on_evict_arg = &wt;
+    char err[256] = "";
+    e->s = bs_store_create(&o, err, sizeof(err));
+    assert_non_null(e->s);
+    wt.s = e->s;
+    pthread_t t[T_THREADS], watch;
     struct worker w[T_THREADS];
+    assert_int_equal(pthread_create(&watch, NULL, watcher_main, &wt), 0);
     for (int i = 0; i < T_THREADS; i++) {
         w[i] = (struct worker){e->s, 1234u + (unsigned)i, 0, 0, 0, 0};
         assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
@@ -1724,12 +1778,19 @@ static void test_threads(void **state)
         puts += w[i].puts;
         full += w[i].full;
     }
+    atomic_store(&wt.stop, 1);
+    pthread_join(watch, NULL);
     struct bs_store_stats st;
     bs_store_get_stats(e->s, &st);
-    print_message("threads: %d hits, %d puts, %d full, %llu evicted, %llu dropped\n", hits, puts,
-                  full, (unsigned long long)st.evicted_chunks,
-                  (unsigned long long)st.dropped_corrupt);
+    print_message("threads: %d hits, %d puts, %d full, %llu evicted, %llu dropped; %lu walks "
+                  "visited %lu chunks\n",
+                  hits, puts, full, (unsigned long long)st.evicted_chunks,
+                  (unsigned long long)st.dropped_corrupt, atomic_load(&wt.walks),
+                  atomic_load(&wt.visits));
     assert_true(hits > 0 && puts > 0 && st.evicted_chunks > 0);
+    assert_true(atomic_load(&wt.walks) > 0);
+    assert_int_equal(atomic_load(&wt.bad_keys), 0);
+    assert_int_equal(atomic_load(&wt.evicted), st.evicted_chunks + st.dropped_corrupt);
     expect_consistent(e->dir, e->s);
     bs_store_destroy(e->s);
     e->s = open_store(e->dir, budget, 90, 60);

@@ -254,7 +254,9 @@ case_shim_parallel_misses() {
   local size=$((32 * MIB)) t0 ms stall=4000
   proxy_start
   upload http data sec-shim-par.bin 68 "$size"
-  agent_start p --fill-wait-ms=1500
+  # A fill stalled longer than FILL_STALL_MS is not "moving": the agent answers miss, not
+  # pending, and the shim reads those ranges from Azure (the case under test).
+  agent_start p --fill-wait-ms=1500 --fill-stall-ms=100
   READ_ENV=(BLOBSWARM_BLOB_ENDPOINT="$PROXY_EP" BLOBSWARM_AGENT_TIMEOUT_MS=20000)
   READ_ENV+=(BLOBSWARM_AGENT="$(agent_sock p)")
   herd_agent warm0 sec-shim-par.bin 1 0 $((8 * MIB)) 68
