@@ -140,7 +140,8 @@ cluster_load() {
   local -a off=()
   local c0 o0 w0
   c0=$(cpu_snap)
-  o0=$(own_cpu)
+  own_cpu
+  o0=$OWN_CPU
   w0=$(date +%s.%N)
   t0=$(date +%s.%N)
   for ((i = 1; i <= NODES; i++)); do
@@ -163,13 +164,15 @@ cluster_load() {
   [ "$bad" -eq 0 ] || die "$sys: a load failed (see above)"
   CPU_BUSY=$(awk -v a="$c0" -v b="$(cpu_snap)" 'BEGIN { split(a, x, " "); split(b, y, " ")
     printf "%.2f", 1 - (y[2] - x[2]) / (y[1] - x[1]) }')
-  CPU_OWN=$(awk -v a="$o0" -v b="$(own_cpu)" -v w0="$w0" -v w1="$(date +%s.%N)" \
+  own_cpu
+  CPU_OWN=$(awk -v a="$o0" -v b="$OWN_CPU" -v w0="$w0" -v w1="$(date +%s.%N)" \
     'BEGIN { printf "%.2f", (b - a) / (w1 - w0) }')
 }
 
-# own_cpu: CPU seconds used so far by this benchmark's processes: everything in the node
-# namespaces (agents, nginx), the origin proxy, Redis, Azurite, and the children this shell
-# has reaped (the loads, with their readers).
+# own_cpu: sets OWN_CPU to the CPU seconds used so far by this benchmark's processes:
+# everything in the node namespaces (agents, nginx), the origin proxy, Redis, Azurite, and the
+# children this shell has reaped (the loads, with their readers). Not in a subshell: there
+# `times` would not see this shell's children.
 own_cpu() {
   local -a pids=()
   local i
@@ -178,12 +181,13 @@ own_cpu() {
   done
   pids+=("$CL_PROXY_PID" "${CL_REDIS_PID:-}")
   mapfile -t -O "${#pids[@]}" pids < <(cat /proc/"$AZ_PID"/task/*/children 2>/dev/null | tr ' ' '\n')
-  { for i in "${pids[@]}"; do [ -z "$i" ] || sed 's/.*) //' "/proc/$i/stat" 2>/dev/null; done; times; } |
+  times >"$WORK/times.now"
+  OWN_CPU=$({ for i in "${pids[@]}"; do [ -z "$i" ] || sed 's/.*) //' "/proc/$i/stat" 2>/dev/null; done; cat "$WORK/times.now"; } |
     awk -v hz="$CPU_HZ" '
       NF > 20 { t += ($12 + $13) / hz; next }     # a /proc/PID/stat line
       /^[0-9]+m[0-9.]+s / { n++; if (n == 2) {     # times: the children line
         for (k = 1; k <= 2; k++) { split($k, m, "m"); t += m[1] * 60 + m[2] } } }
-      END { printf "%.2f\n", t }'
+      END { printf "%.2f\n", t }')
 }
 
 # cpu_snap: "total idle" jiffies of the whole machine (/proc/stat; iowait counts as idle).
