@@ -51,7 +51,7 @@ build-tsan:
 # delegation, HTTP route), the agent's connection limits, fair fill queues, answer deadline and
 # drain (sec_conn_*), its single-flight fills, SIGTERM drains, HTTP route, corruption reports
 # and eviction, and the peer server and client (integration_peer). The first report fails the test (halt_on_error); there are no suppressions.
-TSAN_TESTS ?= ^(integration_direct_(tokencache|concurrency)|integration_peer|sec_shim_.*|sec_conn_.*|agent_(single_flight|sigterm_.*|http_route|corrupt_chunk|eviction))$$
+TSAN_TESTS ?= ^(integration_direct_(tokencache|concurrency)|integration_(peer|redisidx)|cluster_(kill_holder|lease_killed|corrupt_peer)|sec_shim_.*|sec_conn_.*|agent_(single_flight|pending|sigterm_.*|http_route|corrupt_chunk|eviction))$$
 test-tsan: build-tsan
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --test-dir $(BUILD_TSAN) --output-on-failure -L unit
@@ -62,7 +62,7 @@ test-tsan: build-tsan
 # built with ASan+UBSan; a sanitizer report aborts the process and fails the test. Leak checks
 # are off here: the agent exits without joining threads stuck on Azure at the end of a drain,
 # by design. The 1 GiB reads run in the plain build only (too slow instrumented).
-ASAN_IT_TESTS ?= ^(agent_|sec_|integration_peer|integration_direct_(errors|lifecycle|faults))
+ASAN_IT_TESTS ?= ^(agent_|sec_|integration_(peer|redisidx)|cluster_(kill_holder|lease_killed|corrupt_peer|no_secret)$|integration_direct_(errors|lifecycle|faults))
 test-asan-integration: build-asan
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(BUILD_ASAN) --output-on-failure --timeout 900 -R '$(ASAN_IT_TESTS)'

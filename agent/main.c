@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,8 +162,10 @@ static const struct bs_cfg_entry agent_settings[] = {
      "a signed peer request is accepted this long either side of its timestamp", 0},
     {"BLOBSWARM_PEER_MAX_WAIT_MS", BS_CFG_MS, 0, 600000, "30000", F(peer_max_wait_ms),
      "longest a peer request waits for a fill in progress here", 0},
-    {"BLOBSWARM_LEASE_MS", BS_CFG_MS, 500, 600000, "30000", F(lease_ms),
-     "a fill lease (one agent reads a chunk from Azure) expires after this if not released", 0},
+    {"BLOBSWARM_LEASE_MS", BS_CFG_MS, 500, 600000, "90000", F(lease_ms),
+     "a fill lease (one agent reads a chunk from Azure) expires after this if not released "
+     "(must exceed ORIGIN_DEADLINE_MS; a lessee that refuses connections loses it at once)",
+     0},
     {"BLOBSWARM_LEASE_WAIT_MS", BS_CFG_MS, 100, 600000, "60000", F(lease_wait_ms),
      "longest a fill waits on other agents (lease holders) before it reads Azure itself", 0},
     {"BLOBSWARM_NODE_TTL_MS", BS_CFG_MS, 1000, 600000, "15000", F(node_ttl_ms),
@@ -316,6 +319,12 @@ static int check_consistent(struct agent_config *c, unsigned *mode, char *err, s
                      "BLOBSWARM_CLUSTER_SECRET_FILE");
             return -EINVAL;
         }
+        if (c->lease_ms <= c->origin_deadline_ms) {
+            /* A fill that outlives its lease lets a second agent read the chunk from Azure. */
+            snprintf(err, errsz, "need LEASE_MS (%lld) > ORIGIN_DEADLINE_MS (%lld)", c->lease_ms,
+                     c->origin_deadline_ms);
+            return -EINVAL;
+        }
         if (c->max_per_peer < c->peer_downloads) {
             /* A peer keeps up to PEER_DOWNLOADS connections to us; beyond the per-IP limit
              * they would be dropped unanswered and read as "peer dead". */
@@ -427,6 +436,18 @@ static void usage(FILE *out)
     bs_cfg_print_help(agent_settings, NSETTINGS, out);
 }
 
+/* The service the store's eviction hook reports to (set once the service exists, cleared
+ * before it is destroyed; the hook runs on threads the service and servers own). */
+static _Atomic(struct bs_service *) evict_svc;
+
+static void on_evict(void *arg, const struct bs_chunk_key *k)
+{
+    (void)arg;
+    struct bs_service *s = atomic_load(&evict_svc);
+    if (s)
+        bs_service_evicted(s, k);
+}
+
 int main(int argc, char **argv)
 {
     char err[512];
@@ -519,6 +540,7 @@ int main(int argc, char **argv)
         .high_watermark_pct = (int)cfg.high_pct,
         .low_watermark_pct = (int)cfg.low_pct,
         .block_size = (uint32_t)cfg.block_bytes,
+        .on_evict = on_evict,
     };
     store = bs_store_create(&so, err, sizeof(err));
     if (!store) {
@@ -621,6 +643,7 @@ int main(int argc, char **argv)
             .readahead_workers = (int)cfg.readahead_workers,
         };
         bs_service_set_peers(svc, &sp);
+        atomic_store(&evict_svc, svc);
         bs_redisidx_set_reannounce(idx, bs_service_reannounce, svc);
         struct bs_peersrv_opts po = {
             .listen = cfg.peer_listen,
@@ -702,6 +725,8 @@ int main(int argc, char **argv)
     long rest = now < drain_end ? (long)((drain_end - now) / 1000000ull) : 0;
     left += bs_httpsrv_destroy(hsrv, rest);
     hsrv = NULL;
+    /* Then peers: waits for fills end now (404), bodies being sent may finish. */
+    bs_service_stop(svc);
     now = bs_now_ns();
     rest = now < drain_end ? (long)((drain_end - now) / 1000000ull) : 0;
     left += bs_peersrv_destroy(psrv, rest);
@@ -723,6 +748,7 @@ out:
     bs_peersrv_destroy(psrv, 0);
     if (idx) /* no re-announce into a service being destroyed (waits for one running) */
         bs_redisidx_set_reannounce(idx, NULL, NULL);
+    atomic_store(&evict_svc, NULL);
     bs_service_destroy(svc);
     bs_redisidx_destroy(idx);
     bs_peerclient_destroy(pclient);

@@ -251,23 +251,50 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
 }
 
 /* 200 with the chunk and its record, or the reason it cannot be sent. */
+/* Whether the client closed its side (a waiter that gave up): a peek finds end of file. */
+static int client_gone(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char b;
+    return ci && recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+#define WAIT_SLICE_MS 250 /* a wait for a fill checks this often that its client is still there */
+
 static enum MHD_Result serve(struct bs_peersrv *p, struct MHD_Connection *c, struct req *r,
                              const struct fields *f)
 {
+    struct bs_chunk_key k = {f->a, f->c, f->b, f->e, f->i};
+    long wait = f->w > (uint64_t)p->o.max_wait_ms ? p->o.max_wait_ms : (long)f->w;
+    uint64_t wait_end = bs_now_ns() + (uint64_t)wait * BS_NS_PER_MS;
+    struct bs_chunk_ref *ref = NULL;
+    /* Waiting for a fill holds no upload slot; it ends when the fill does, the wait is over,
+     * the client hangs up or the agent stops. */
+    int rc = bs_service_peer_get(p->svc, &k, 0, &ref);
+    while (rc == -ENOENT || rc == -EINPROGRESS) {
+        uint64_t now = bs_now_ns();
+        if (wait <= 0 || now >= wait_end)
+            break;
+        long slice = (long)((wait_end - now) / BS_NS_PER_MS);
+        rc = bs_service_peer_get(p->svc, &k, slice < WAIT_SLICE_MS ? slice : WAIT_SLICE_MS, &ref);
+        if (rc == -ENOENT || client_gone(c))
+            break; /* no fill of it here (any more), or nobody to send it to */
+    }
+    if (rc != 0 || !ref) {
+        if (ref)
+            bs_service_release(p->svc, ref);
+        bs_metric_add(p->m_errors, "notfound_in", 1);
+        return send_text(c, 404, "not held\n");
+    }
     if (atomic_fetch_add(&p->uploads, 1) >= p->o.max_uploads) {
         atomic_fetch_sub(&p->uploads, 1);
+        bs_service_release(p->svc, ref);
         refused(p, c, "busy_in", "at the upload cap");
         return send_text(c, 503, "busy\n");
     }
     r->upload = 1;
     bs_metric_add(p->m_uploads, NULL, 1);
-    struct bs_chunk_key k = {f->a, f->c, f->b, f->e, f->i};
-    long wait = f->w > (uint64_t)p->o.max_wait_ms ? p->o.max_wait_ms : (long)f->w;
-    struct bs_chunk_ref *ref = NULL;
-    if (bs_service_peer_get(p->svc, &k, wait, &ref) != 0 || !ref) {
-        bs_metric_add(p->m_errors, "notfound_in", 1);
-        return send_text(c, 404, "not held\n");
-    }
     int fd = bs_chunk_ref_open(ref);
     if (fd < 0) {
         bs_service_release(p->svc, ref);

@@ -99,7 +99,8 @@ struct bs_service {
     struct bs_service_peers p;
     struct ra_plan *plans;
     int nplans, ra_running;
-    uint64_t last_fill_ns; /* the last fill that ended well (monotonic) */
+    uint64_t planned_bytes; /* sizes of the plans: at most half of the store budget */
+    uint64_t last_fill_ns;  /* the last fill that ended well (monotonic) */
     int stop;
     pthread_t *workers;
     int nworkers;
@@ -234,8 +235,8 @@ static int fill_origin(struct bs_service *s, struct fill_job *j, char *buf, cons
 /* Fetches the chunk from peer p (asking it to wait up to wait_ms for a fill of its own) and
  * stores it with the digest the peer's authenticated record vouches for. */
 static enum bs_peer_err fill_peer(struct bs_service *s, struct fill_job *j, const char *tag,
-                                  const struct bs_peer *p, long wait_ms, char *buf, char *err,
-                                  size_t errsz)
+                                  const struct bs_peer *p, long wait_ms, uint64_t end_ns, char *buf,
+                                  char *err, size_t errsz)
 {
     struct bs_chunk_key k;
     char acct[KEY_ACCOUNT_MAX];
@@ -243,7 +244,10 @@ static enum bs_peer_err fill_peer(struct bs_service *s, struct fill_job *j, cons
     struct bs_chunk_id id = {acct, j->container, j->blob, j->etag, j->index};
     unsigned char digest[32];
     char perr[200];
+    /* One fetch: the wait asked for plus the peer timeout, never past the fill's end. */
     uint64_t deadline = bs_now_ns() + (uint64_t)(wait_ms + s->p.peer_timeout_ms) * 1000000ull;
+    if (deadline > end_ns)
+        deadline = end_ns;
     enum bs_peer_err e = bs_peerclient_fetch(s->p.client, p, &id, j->len, wait_ms, deadline, buf,
                                              s->o.chunk_size, digest, perr, sizeof(perr));
     if (e != BS_PEER_OK) {
@@ -287,8 +291,9 @@ static void pause_ms(struct bs_service *s, long ms, uint64_t end_ns)
     pthread_mutex_unlock(&s->lock);
 }
 
-#define FILL_ROUNDS 64 /* decisions per fill before it reads Azure whatever Redis says */
-#define BACKOFF_MS  50 /* first pause after a busy peer; doubles up to 1.6 s */
+#define FILL_ROUNDS    64  /* decisions per fill before it reads Azure whatever Redis says */
+#define BACKOFF_MS     50  /* first pause after a busy peer; doubles up to 1.6 s */
+#define LEASE_SLACK_MS 250 /* a lessee is asked to wait this much past its lease */
 
 /* Where a missing chunk comes from. Standalone: Azure. In a cluster, one decision in Redis:
  * a holder (tried in turn, starting at a place that differs per chunk, so that load spreads
@@ -302,6 +307,7 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
     char acct[KEY_ACCOUNT_MAX], tag[BS_IDX_TAG_LEN + 1];
     chunk_key(&k, acct, s->o.chunk_size, j->endpoint, j->container, j->blob, j->etag, j->index);
     bs_redisidx_tag(acct, j->container, j->blob, j->etag, tag);
+    /* The fill's end: waits on others, then one last peer fetch's worth. */
     uint64_t end_ns =
         bs_now_ns() + (uint64_t)(s->p.lease_wait_ms + s->p.peer_timeout_ms) * 1000000ull;
     const char *reason = "lease_timeout";
@@ -327,10 +333,14 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
             for (int h = 0; h < r.nholders; h++) {
                 const struct bs_peer *p =
                     &r.holders[(h + (int)(j->index % (uint64_t)r.nholders)) % r.nholders];
-                enum bs_peer_err e = fill_peer(s, j, tag, p, 0, buf, err, errsz);
+                if (bs_now_ns() >= end_ns)
+                    break;
+                enum bs_peer_err e = fill_peer(s, j, tag, p, 0, end_ns, buf, err, errsz);
                 if (e == BS_PEER_OK)
                     return 0;
-                if (e == BS_PEER_E_CONNECT || e == BS_PEER_E_NOTFOUND)
+                /* Gone, without the chunk, or serving bytes that are not it: not a holder. */
+                if (e == BS_PEER_E_CONNECT || e == BS_PEER_E_NOTFOUND || e == BS_PEER_E_DIGEST ||
+                    e == BS_PEER_E_RECORD)
                     bs_redisidx_forget(s->p.idx, tag, j->index, p);
                 busy += e == BS_PEER_E_BUSY || e == BS_PEER_E_LIMIT;
             }
@@ -348,9 +358,11 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
             snprintf(err, errsz, "read-ahead skipped: another agent is filling it");
             return -EAGAIN;
         }
-        long left = (long)((end_ns - bs_now_ns()) / 1000000ull);
-        long wait = r.lease_left_ms + 250 < left ? r.lease_left_ms + 250 : left;
-        enum bs_peer_err e = fill_peer(s, j, tag, &r.lessee, wait, buf, err, errsz);
+        uint64_t now = bs_now_ns();
+        long left = now < end_ns ? (long)((end_ns - now) / 1000000ull) : 0;
+        long wait =
+            r.lease_left_ms + LEASE_SLACK_MS < left ? r.lease_left_ms + LEASE_SLACK_MS : left;
+        enum bs_peer_err e = fill_peer(s, j, tag, &r.lessee, wait, end_ns, buf, err, errsz);
         bs_metric_add(s->m_lease_waits,
                       e == BS_PEER_OK           ? "served"
                       : e == BS_PEER_E_CONNECT  ? "lessee_gone"
@@ -359,12 +371,16 @@ static int fill_one(struct bs_service *s, struct fill_job *j, char *buf, char *e
                       1);
         if (e == BS_PEER_OK)
             return 0;
-        if (e == BS_PEER_E_CONNECT) { /* the lessee is gone: its lease expires on its own */
-            pause_ms(s, r.lease_left_ms + 50, end_ns);
+        if (e == BS_PEER_E_CONNECT) { /* the lessee is gone: break its lease, decide again */
+            bs_redisidx_break_lease(s->p.idx, tag, j->index, &r.lessee);
         } else if (e != BS_PEER_E_NOTFOUND) {
             busy_rounds++;
             pause_ms(s, backoff, end_ns);
         }
+    }
+    if (stopping(s)) {
+        snprintf(err, errsz, "agent stopping");
+        return -ESHUTDOWN;
     }
     int rc = fill_origin(s, j, buf, reason, err, errsz);
     if (rc == 0)
@@ -418,6 +434,7 @@ static void plan_free_locked(struct bs_service *s, struct ra_plan *pl)
             break;
         }
     s->nplans--;
+    s->planned_bytes -= pl->size;
     explicit_bzero(&pl->auth, sizeof(pl->auth));
     free(pl);
 }
@@ -856,9 +873,10 @@ static void maybe_read_ahead(struct bs_service *s, const struct bs_chunk_req *re
     bs_store_get_stats(s->store, &st);
     if (g->size > st.budget_bytes / 4)
         return;
+    uint64_t planned_max = st.budget_bytes / 2;
     uint64_t n = (g->size + s->o.chunk_size - 1) / s->o.chunk_size;
     pthread_mutex_lock(&s->lock);
-    int known = s->nplans >= MAX_PLANS || s->stop;
+    int known = s->nplans >= MAX_PLANS || s->stop || s->planned_bytes + g->size > planned_max;
     for (struct ra_plan *pl = s->plans; pl && !known; pl = pl->next)
         known = strcmp(pl->etag, g->etag) == 0 && strcmp(pl->blob, req->blob) == 0 &&
                 strcmp(pl->container, req->container) == 0 &&
@@ -884,7 +902,7 @@ static void maybe_read_ahead(struct bs_service *s, const struct bs_chunk_req *re
     pl->start = start;
     pthread_mutex_lock(&s->lock);
     /* Checked again: another request may have added it meanwhile. */
-    int dup = s->nplans >= MAX_PLANS || s->stop;
+    int dup = s->nplans >= MAX_PLANS || s->stop || s->planned_bytes + pl->size > planned_max;
     for (struct ra_plan *q = s->plans; q && !dup; q = q->next)
         dup = strcmp(q->etag, pl->etag) == 0 && strcmp(q->blob, pl->blob) == 0 &&
               strcmp(q->container, pl->container) == 0 && strcmp(q->endpoint, pl->endpoint) == 0;
@@ -892,6 +910,7 @@ static void maybe_read_ahead(struct bs_service *s, const struct bs_chunk_req *re
         pl->next = s->plans;
         s->plans = pl;
         s->nplans++;
+        s->planned_bytes += pl->size;
         pthread_cond_broadcast(&s->work_cv);
     }
     pthread_mutex_unlock(&s->lock);
@@ -937,7 +956,6 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
               (unsigned long long)req->chunk);
         goto out;
     }
-    maybe_read_ahead(s, req, &grant, cred_exp);
     uint64_t start = req->chunk * s->o.chunk_size; /* < grant.size: cannot overflow */
     uint64_t len = grant.size - start < s->o.chunk_size ? grant.size - start : s->o.chunk_size;
 
@@ -949,6 +967,7 @@ void bs_service_chunk(struct bs_service *s, const struct bs_chunk_req *req,
     const char *fill_source = "origin";
     if (bs_store_get(s->store, &k, ref) != 0) {
         bs_metric_add(s->m_lookups, "miss", 1);
+        maybe_read_ahead(s, req, &grant, cred_exp);
         uint64_t wait_end_ns = bs_now_ns() + (uint64_t)s->o.fill_wait_ms * 1000000ull;
         if (wait_end_ns > answer_end_ns)
             wait_end_ns = answer_end_ns;
@@ -1064,11 +1083,25 @@ int bs_service_peer_get(struct bs_service *s, const struct bs_chunk_key *k, long
         return -ENOENT;
     }
     j->refs++;
-    while (!j->done && bs_cond_wait_until(&j->cv, &s->lock, end_ns) == 0)
+    while (!j->done && !s->stop && bs_cond_wait_until(&j->cv, &s->lock, end_ns) == 0)
         ;
+    int running = !j->done, stop = s->stop;
     job_unref_locked(j);
     pthread_mutex_unlock(&s->lock);
-    return bs_store_get(s->store, k, ref) == 0 ? 0 : -ENOENT;
+    if (bs_store_get(s->store, k, ref) == 0)
+        return 0;
+    return stop ? -ESHUTDOWN : running ? -EINPROGRESS : -ENOENT;
+}
+
+void bs_service_stop(struct bs_service *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->work_cv);
+    for (size_t b = 0; b < MAP_BUCKETS; b++)
+        for (struct fill_job *j = s->map[b]; j; j = j->hnext)
+            pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&s->lock);
 }
 
 void bs_service_set_peers(struct bs_service *s, const struct bs_service_peers *p)
@@ -1080,27 +1113,59 @@ void bs_service_set_peers(struct bs_service *s, const struct bs_service_peers *p
     pthread_mutex_unlock(&s->lock);
 }
 
+void bs_service_evicted(struct bs_service *s, const struct bs_chunk_key *k)
+{
+    if (!s || !s->p.idx)
+        return;
+    char tag[BS_IDX_TAG_LEN + 1];
+    bs_redisidx_tag(k->account, k->container, k->blob, k->etag, tag);
+    bs_redisidx_withdraw(s->p.idx, tag, k->index);
+}
+
+#define REANNOUNCE_BATCH 256 /* chunks per pipelined round trip */
+
 struct reannounce_ctx {
     struct bs_service *s;
-    unsigned long n;
+    unsigned long n, failed;
+    int k;
+    char tags[REANNOUNCE_BATCH][BS_IDX_TAG_LEN + 1];
+    uint64_t chunks[REANNOUNCE_BATCH];
 };
+
+static void reannounce_flush(struct reannounce_ctx *c)
+{
+    if (c->k == 0)
+        return;
+    if (bs_redisidx_announce_many(c->s->p.idx, (const char(*)[BS_IDX_TAG_LEN + 1]) c->tags,
+                                  c->chunks, c->k) == 0)
+        c->n += (unsigned long)c->k;
+    else
+        c->failed += (unsigned long)c->k;
+    c->k = 0;
+}
 
 static void reannounce_one(void *arg, const struct bs_chunk_key *k)
 {
     struct reannounce_ctx *c = arg;
-    char tag[BS_IDX_TAG_LEN + 1];
-    bs_redisidx_tag(k->account, k->container, k->blob, k->etag, tag);
-    if (bs_redisidx_announce(c->s->p.idx, tag, k->index) == 0)
-        c->n++;
+    bs_redisidx_tag(k->account, k->container, k->blob, k->etag, c->tags[c->k]);
+    c->chunks[c->k++] = k->index;
+    if (c->k == REANNOUNCE_BATCH)
+        reannounce_flush(c);
 }
 
 void bs_service_reannounce(void *arg)
 {
-    struct reannounce_ctx c = {arg, 0};
-    if (!c.s->p.idx)
+    struct bs_service *s = arg;
+    if (!s->p.idx)
         return;
-    bs_store_foreach(c.s->store, reannounce_one, &c);
-    bs_log(BS_LOG_INFO, "service", "event=reannounced chunks=%lu", c.n);
+    struct reannounce_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->s = s;
+    bs_store_foreach(s->store, reannounce_one, c);
+    reannounce_flush(c);
+    bs_log(BS_LOG_INFO, "service", "event=reannounced chunks=%lu failed=%lu", c->n, c->failed);
+    free(c);
 }
 
 uint64_t bs_service_chunk_size(const struct bs_service *s)

@@ -41,6 +41,7 @@ struct bs_service_opts {
 
 struct bs_redisidx;
 struct bs_peerclient;
+struct bs_chunk_key;
 
 /* Peer sharing (all optional: idx NULL is a standalone agent). Borrowed; they must outlive the
  * service. Where a missing chunk comes from, in order: a holder (another agent, over the peer
@@ -58,6 +59,9 @@ struct bs_service_peers {
 };
 /* Call once, before any request. */
 void bs_service_set_peers(struct bs_service *s, const struct bs_service_peers *p);
+/* The store dropped chunk k (eviction, corruption): this agent leaves its holder set. For the
+ * store's on_evict hook; no-op without peers. */
+void bs_service_evicted(struct bs_service *s, const struct bs_chunk_key *k);
 /* Re-announces every chunk of the store to the index (the index calls it after Redis lost
  * this agent's entries: restart, FLUSHALL, expiry). arg is the service. */
 void bs_service_reannounce(void *arg);
@@ -82,11 +86,15 @@ void bs_service_report_corrupt(struct bs_service *s, const struct bs_chunk_req *
 
 /* For the peer server (no caller credential: peers are authenticated by the cluster secret):
  * the chunk k if the store holds it, or once a fill of it running here ends (waiting at most
- * wait_ms). 0 with a pinned reference (release with bs_service_release), or -ENOENT. It never
- * starts a fill. */
+ * wait_ms). 0 with a pinned reference (release with bs_service_release); -EINPROGRESS when
+ * the wait ended with the fill still running (the caller may wait again); -ESHUTDOWN when the
+ * service is stopping; -ENOENT otherwise. It never starts a fill. */
 struct bs_chunk_key;
 int bs_service_peer_get(struct bs_service *s, const struct bs_chunk_key *k, long wait_ms,
                         struct bs_chunk_ref **ref);
+/* Stopping: fills end at their next decision, waits of the peer server end now. Requests
+ * still work (they get MISS for anything not held). Before destroying the servers. */
+void bs_service_stop(struct bs_service *s);
 /* The chunk grid (bytes), which peers must share. */
 uint64_t bs_service_chunk_size(const struct bs_service *s);
 /* Fills queued or running. */

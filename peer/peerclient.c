@@ -74,6 +74,8 @@ struct xfer {
     char why[160];
     uint64_t sent_ns;    /* the request was about to be sent on a connection */
     uint64_t last_rx_ns; /* the last byte arrived */
+    uint64_t wait_ns;    /* the wait the request asked the peer for: the first byte may come
+                            that much later than the stall limit */
 };
 
 static const char *const err_names[] = {
@@ -454,7 +456,8 @@ static CURLcode drive(struct bs_peerclient *c, struct slot *s, struct xfer *x, u
                      (unsigned long long)x->got);
             break;
         }
-        uint64_t stall_at = x->sent_ns ? x->last_rx_ns + stall_ns : UINT64_MAX;
+        uint64_t grace = x->rx_bytes ? 0 : x->wait_ns;
+        uint64_t stall_at = x->sent_ns ? x->last_rx_ns + stall_ns + grace : UINT64_MAX;
         if (now >= stall_at) {
             x->verdict = BS_PEER_E_TIMEOUT;
             snprintf(x->why, sizeof(x->why), "no byte for %ld ms (%llu bytes received)",
@@ -544,6 +547,7 @@ enum bs_peer_err bs_peerclient_fetch(struct bs_peerclient *c, const struct bs_pe
     x.e = s->e;
     x.md = s->md;
     path = chunk_path(s->e, id, wait_ms < 0 ? 0 : wait_ms);
+    x.wait_ns = wait_ms > 0 ? (uint64_t)wait_ms * BS_NS_PER_MS : 0;
     size_t urlsz = path ? strlen(path) + strlen(p->addr) + sizeof("http://") : 0;
     url = path ? malloc(urlsz) : NULL;
     char auth[sizeof(BS_PEER_AUTH_HEADER ": ") + BS_PEER_HDR_MAX];

@@ -1255,6 +1255,69 @@ int bs_redisidx_announce(struct bs_redisidx *x, const char *tag, uint64_t chunk)
     return chunk_call(x, S_ANNOUNCE, 2, keys, 4, args);
 }
 
+int bs_redisidx_announce_many(struct bs_redisidx *x, const char (*tags)[BS_IDX_TAG_LEN + 1],
+                              const uint64_t *chunks, int n)
+{
+    if (!x || n < 0 || n > IDX_BATCH)
+        return -1;
+    if (n == 0)
+        return 0;
+    /* The first alone (it loads the script after a Redis restart), the rest in one pipeline. */
+    if (bs_redisidx_announce(x, tags[0], chunks[0]) != 0)
+        return -1;
+    static const int words = 9; /* EVALSHA sha 2 hk lk member max ttl node */
+    char(*keys)[2][IDX_KEY_MAX] = calloc((size_t)n, sizeof(*keys));
+    const char **argv = calloc((size_t)n * (size_t)words, sizeof(*argv));
+    size_t *lens = calloc((size_t)n * (size_t)words, sizeof(*lens));
+    const char ***pargv = calloc((size_t)n, sizeof(*pargv));
+    const size_t **plens = calloc((size_t)n, sizeof(*plens));
+    int *argc = calloc((size_t)n, sizeof(*argc));
+    redisReply **rep = calloc((size_t)n, sizeof(*rep));
+    int rc = -1, m = 0;
+    if (!keys || !argv || !lens || !pargv || !plens || !argc || !rep)
+        goto out;
+    for (int i = 1; i < n; i++) {
+        if (!tag_ok(tags[i]))
+            continue;
+        chunk_key(keys[m][0], tags[i], 'h', chunks[i]);
+        chunk_key(keys[m][1], tags[i], 'l', chunks[i]);
+        const char **a = argv + (size_t)m * (size_t)words;
+        const char *w[9] = {"EVALSHA",  x->sha[S_ANNOUNCE], "2",
+                            keys[m][0], keys[m][1],         x->member,
+                            x->max_s,   x->holder_ttl_s,    x->node};
+        for (int k = 0; k < words; k++) {
+            a[k] = w[k];
+            lens[(size_t)m * (size_t)words + (size_t)k] = strlen(w[k]);
+        }
+        pargv[m] = a;
+        plens[m] = lens + (size_t)m * (size_t)words;
+        argc[m] = words;
+        m++;
+    }
+    if (m == 0) {
+        rc = 0;
+        goto out;
+    }
+    redisContext *c = acquire(x, bs_now_ns());
+    if (!c)
+        goto out;
+    enum io io = run(x, c, m, argc, (const char **const *)pargv, plens, rep, cmd_deadline(x));
+    release(x, io);
+    rc = io == IO_OK ? 0 : -1;
+    for (int i = 0; i < m; i++)
+        if (rep[i])
+            freeReplyObject(rep[i]);
+out:
+    free(keys);
+    free(argv);
+    free(lens);
+    free(pargv);
+    free(plens);
+    free(argc);
+    free(rep);
+    return rc;
+}
+
 int bs_redisidx_release(struct bs_redisidx *x, const char *tag, uint64_t chunk)
 {
     if (!x || !tag_ok(tag))
@@ -1264,6 +1327,33 @@ int bs_redisidx_release(struct bs_redisidx *x, const char *tag, uint64_t chunk)
     const char *keys[1] = {lk};
     const char *args[1] = {x->member};
     return chunk_call(x, S_RELEASE, 1, keys, 1, args);
+}
+
+int bs_redisidx_withdraw(struct bs_redisidx *x, const char *tag, uint64_t chunk)
+{
+    if (!x || x->passive)
+        return -1;
+    struct bs_peer self;
+    snprintf(self.node, sizeof(self.node), "%s", x->node);
+    snprintf(self.addr, sizeof(self.addr), "%s", x->addr);
+    return bs_redisidx_forget(x, tag, chunk, &self);
+}
+
+int bs_redisidx_break_lease(struct bs_redisidx *x, const char *tag, uint64_t chunk,
+                            const struct bs_peer *lessee)
+{
+    if (!x || !tag_ok(tag) || !lessee)
+        return -1;
+    size_t nl = strnlen(lessee->node, sizeof(lessee->node));
+    size_t al = strnlen(lessee->addr, sizeof(lessee->addr));
+    if (!node_ok(lessee->node, nl) || !addr_ok(lessee->addr, al))
+        return -1;
+    char lk[IDX_KEY_MAX], member[IDX_MEMBER_MAX];
+    chunk_key(lk, tag, 'l', chunk);
+    snprintf(member, sizeof(member), "%s %s", lessee->node, lessee->addr);
+    const char *keys[1] = {lk};
+    const char *args[1] = {member};
+    return chunk_call(x, S_RELEASE, 1, keys, 1, args); /* deletes it only if still theirs */
 }
 
 /* A plain ZREM: one command, no script needed. */

