@@ -488,6 +488,35 @@ run_warm() {
 
 human() { awk -v b="$1" 'BEGIN { if (b >= 1073741824) printf "%.2f GiB", b / 1073741824; else printf "%.1f MiB", b / 1048576 }'; }
 
+# ---- Redis at full rate ---------------------------------------------------------------------
+# During the load Redis sees a few hundred commands a second, each round trip its own wakeup:
+# its CPU per command is mostly that fixed cost, which a busy Redis spreads over many
+# commands. redis_calibrate measures the same redis-server at saturation, on a stand-in: 8
+# clients calling a Lua script of 5 ZADD and a PEXPIRE on random keys of an otherwise unused
+# database (CAL_DB, flushed after), like the index's scripts, 7 server commands per call. Sets
+# RX_CAL_US (CPU per server command) and RX_CAL_RATE (server commands per second).
+CAL_DB=15
+CAL_CALLS=40000
+RX_CAL_US=""
+redis_calibrate() {
+  command -v redis-benchmark >/dev/null || { log "note: no redis-benchmark: no full-rate figure"; return 0; }
+  local sha r0 r1 t0 t1
+  sha=$(cl_redis_cli SCRIPT LOAD 'for i = 1, 5 do redis.call("ZADD", KEYS[1], i, ARGV[1] .. i) end
+    redis.call("PEXPIRE", KEYS[1], 60000) return 1') || { log "note: SCRIPT LOAD failed"; return 0; }
+  r0=$(redis_info)
+  t0=$(date +%s.%N)
+  timeout "$STEP_TIMEOUT" redis-benchmark -h "$CL_NET.1" -p "$CL_REDIS_PORT" --dbnum "$CAL_DB" \
+    -c 8 -n "$CAL_CALLS" -q evalsha "$sha" 1 'bsbench:{__rand_int__}' m >/dev/null 2>&1 ||
+    { log "note: redis-benchmark failed: no full-rate figure"; return 0; }
+  t1=$(date +%s.%N)
+  r1=$(redis_info)
+  cl_redis_cli -n "$CAL_DB" FLUSHDB >/dev/null || true
+  read -r RX_CAL_US RX_CAL_RATE < <(awk -v a="$r0" -v b="$r1" -v hz="$CPU_HZ" -v t0="$t0" -v t1="$t1" \
+    'BEGIN { split(a, x, " "); split(b, y, " "); c = y[1] - x[1] - 1
+      printf "%.2f %.0f\n", (c > 0 ? (y[2] - x[2]) / hz * 1e6 / c : 0), c / (t1 - t0) }')
+  log "Redis at full rate (stand-in script): $RX_CAL_US us CPU per server command, $RX_CAL_RATE server commands/s"
+}
+
 # ---- Redis extrapolation ---------------------------------------------------------------------
 # Linear in nodes x GiB: the measured commands, bytes and redis-server CPU per GiB per node
 # (CPU less the idle rate), times X_NODES x the model. The ideal time is the cluster's:
@@ -507,22 +536,30 @@ extrapolate() {
     "$per_gib" "$bytes" "$RX_SRV_CMDS"
   printf '  %s s redis-server CPU (%s us per server command); idle: %s commands per node per second\n' \
     "$RX_CPU_S_GIB" "$RX_CPU_US" "$RX_IDLE_CMDS"
-  printf '  %-11s %8s %15s %15s %11s %12s %7s %7s\n' "node link" "ideal" "agent commands" \
-    "server commands" "Redis CPU" "Redis net" "cores" "shards"
+  local cal="${RX_CAL_US:-0}"
+  [ "$cal" = 0 ] ||
+    printf '  at full rate (stand-in script): %s us per server command: CPU, cores and shards in [ ]\n' "$cal"
+  printf '  %-11s %7s %10s %10s %16s %10s %14s %13s\n' "node link" "ideal" "agent cmds" \
+    "server cmds" "Redis CPU" "Redis net" "cores" "shards"
   : >"$WORK/xresults"
   for g in $X_NODE_GBIT; do
     awk -v n="$X_NODES" -v gb="$X_MODEL_GB" -v lg="$g" -v og="$X_ORIGIN_GBIT" -v c="$per_gib" \
       -v sc="$RX_SRV_CMDS" -v cpu_gib="$RX_CPU_S_GIB" -v u="$X_REDIS_UTIL" -v by="$bytes" \
-      -v sby="$RX_SRV_BYTES" -v out="$WORK/xresults" 'BEGIN {
+      -v sby="$RX_SRV_BYTES" -v cal="$cal" -v out="$WORK/xresults" '
+      function up(x) { x = (x == int(x) ? x : int(x) + 1); return (x < 1 ? 1 : x) }
+      BEGIN {
         a = gb * 8 / lg; b = gb * 8 / og; ideal = (a > b ? a : b)
         gib = n * gb * 1e9 / 1073741824                # GiB loaded, all nodes together
         cmds = gib * c; scmds = gib * sc; cpu = gib * cpu_gib
-        cores = cpu / ideal; shards = cores / u
-        shards = (shards == int(shards) ? shards : int(shards) + 1); if (shards < 1) shards = 1
+        cores = cpu / ideal; shards = up(cores / u)
+        fcpu = scmds * cal / 1e6; fcores = fcpu / ideal; fshards = up(fcores / u)
         gbit = gib * sby * 8 / ideal / 1e9
-        printf "  %-11s %7.1fs %15.3g %15.3g %10.0fs %7.2f Gb/s %7.1f %7d\n", lg " Gbit/s", ideal, cmds, scmds, cpu, gbit, cores, shards
-        printf "RESULT {\"bench\":\"cluster\",\"case\":\"redis_extrapolation\",\"nodes\":%d,\"model_gb\":%d,\"node_gbit\":%d,\"origin_gbit\":%d,\"ideal_s\":%.2f,\"agent_commands\":%.0f,\"server_commands\":%.0f,\"redis_bytes\":%.0f,\"redis_gbit_per_s\":%.3f,\"redis_cpu_s\":%.1f,\"redis_cores\":%.2f,\"shards\":%d,\"redis_util\":%s}\n", \
-          n, gb, lg, og, ideal, cmds, scmds, gib * sby, gbit, cpu, cores, shards, u >> out
+        if (cal > 0)
+          printf "  %-11s %6.1fs %10.3g %10.3g %7.0fs [%5.0fs] %5.2f Gb/s %6.1f [%5.1f] %5d [%4d]\n", lg " Gbit/s", ideal, cmds, scmds, cpu, fcpu, gbit, cores, fcores, shards, fshards
+        else
+          printf "  %-11s %6.1fs %10.3g %10.3g %7.0fs %8s %5.2f Gb/s %6.1f %7s %5d\n", lg " Gbit/s", ideal, cmds, scmds, cpu, "", gbit, cores, "", shards
+        printf "RESULT {\"bench\":\"cluster\",\"case\":\"redis_extrapolation\",\"nodes\":%d,\"model_gb\":%d,\"node_gbit\":%d,\"origin_gbit\":%d,\"ideal_s\":%.2f,\"agent_commands\":%.0f,\"server_commands\":%.0f,\"redis_bytes\":%.0f,\"redis_gbit_per_s\":%.3f,\"redis_cpu_s\":%.1f,\"redis_cores\":%.2f,\"shards\":%d,\"full_rate_us_per_cmd\":%s,\"full_rate_cpu_s\":%.1f,\"full_rate_cores\":%.2f,\"full_rate_shards\":%d,\"redis_util\":%s}\n", \
+          n, gb, lg, og, ideal, cmds, scmds, gib * sby, gbit, cpu, cores, shards, cal, fcpu, fcores, fshards, u >> out
       }'
   done
   cat "$WORK/xresults"
@@ -607,5 +644,6 @@ if [ -n "$RX_AGENT_CMDS" ]; then
   printf 'RESULT {"bench":"cluster","case":"redis","nodes":%d,"model_bytes":%d,"redis":%s}\n' "$NODES" "$SIZE" "$REDIS_JSON"
 fi
 [ -z "$WARM_LINE" ] || { echo ""; echo "$WARM_LINE"; }
+[ -z "$RX_AGENT_CMDS" ] || redis_calibrate
 extrapolate
 plot
