@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 
-BENCHMARKS=(checksum.sh direct.sh agent.sh)
+BENCHMARKS=(checksum.sh direct.sh agent.sh cluster.sh)
 
 failed=()
 for b in "${BENCHMARKS[@]}"; do
