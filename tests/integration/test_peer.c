@@ -73,6 +73,7 @@
 #define ORIGIN_ETAG    "\"0x8DC0000ABCDEF01\""
 #define ORIGIN_SIZE    100000u
 #define ORIGIN_CONNS   32 /* connections it serves in a run */
+#define FILLERS_MAX    8  /* fills the cases start */
 #define SLICE_MS                                                                                   \
     250 /* agent/peersrv.c WAIT_SLICE_MS: a waiter's hang-up is seen this                          \
            often */
@@ -662,12 +663,17 @@ static void origin_stop(void)
 }
 
 /* A caller of the service whose request starts the fill of chunk 0 of `blob` (it waits the
- * service's fill_wait_ms, the fill goes on after that). */
+ * service's fill_wait_ms, the fill goes on after that). Joined by fill_join, or by the
+ * teardown when a case failed before it did. */
 struct filler {
     char blob[64];
     pthread_t t;
+    int joined;
     struct bs_chunk_reply rep;
 };
+
+static struct filler fillers[FILLERS_MAX];
+static int nfillers;
 
 static void *filler_main(void *arg)
 {
@@ -690,11 +696,13 @@ static void *filler_main(void *arg)
  * origin has the fill's GET (the fill is in progress). */
 static struct filler *fill_start(const char *blob, long delay_ms)
 {
-    struct filler *f = calloc(1, sizeof(*f));
+    assert_true(nfillers < FILLERS_MAX);
+    struct filler *f = &fillers[nfillers];
     snprintf(f->blob, sizeof(f->blob), "%s", blob);
     int gets = atomic_load(&O.gets);
     atomic_store(&O.delay_ms, delay_ms);
     assert_int_equal(pthread_create(&f->t, NULL, filler_main, f), 0);
+    nfillers++;
     uint64_t end = deadline_in(WAIT_S * 1000);
     while (atomic_load(&O.gets) == gets && bs_now_ns() < end)
         sleep_ms(1);
@@ -705,10 +713,10 @@ static struct filler *fill_start(const char *blob, long delay_ms)
 
 static enum bs_chunk_status fill_join(struct filler *f)
 {
-    pthread_join(f->t, NULL);
-    enum bs_chunk_status st = f->rep.status;
-    free(f);
-    return st;
+    if (!f->joined)
+        pthread_join(f->t, NULL);
+    f->joined = 1;
+    return f->rep.status;
 }
 
 static struct bs_chunk_id origin_id(const char *blob)
@@ -853,6 +861,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
+    for (int i = 0; i < nfillers; i++)
+        fill_join(&fillers[i]);
     bs_peerclient_destroy(E.cli);
     int drained = bs_peersrv_destroy(E.srv, 5000);
     bs_service_destroy(E.svc);
