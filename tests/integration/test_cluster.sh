@@ -16,19 +16,26 @@
 #
 # Cases (4 nodes, 8 MiB chunks):
 #   cold4            all nodes load the same blob at once: byte-exact everywhere, origin bytes
-#                    <= 1.05x the blob, bytes served from peers on at least 2 nodes
+#                    <= 1.05x the blob, bytes served from peers on at least 2 nodes;
+#                    blobswarmctl holders lists a holder for every chunk and all 4 nodes, refuses
+#                    a non-canonical endpoint (2) and fails without printing the URL when
+#                    Redis is down (1)
 #   cold4_streamer   the same with the streamer's concurrency (190 threads, ~1 MB pieces)
-#   kill_holder      node 1 SIGKILLed while the others fetch from it: their loads byte-exact
+#   kill_holder      node 1 SIGKILLed while the others fetch from it: their loads byte-exact;
+#                    node 1 restarted with an empty store loads byte-exact from its peers
+#                    whatever the holder entries of its killed incarnation say
 #   redis_restart    Redis stopped, restarted and flushed mid-load: every load byte-exact;
-#                    after a flush the agents re-announce what they hold
+#                    after a flush the agents re-announce what they hold (every node in every
+#                    chunk's holder set)
 #   corrupt_peer     node 2 advertises a relay that inverts a byte of its answers: receivers
 #                    count digest errors and still load byte-exact
 #   no_secret        unsigned or badly signed peer requests get 401 and no chunk bytes; an
 #                    agent with another secret loads from Azure only (auth errors counted)
 #   lease_killed     the lessee of a chunk is SIGKILLed while its fill stalls at the origin:
-#                    the waiters get the chunk within the lease time plus a margin
+#                    the waiters break its lease (deleted, not expired: 90 s left) and get the
+#                    chunk within 7 s
 #   overwrite        a blob loaded everywhere is overwritten in Azure: the next loads return
-#                    the new bytes
+#                    the new bytes, origin bytes <= 1.05x the blob
 #   redis_down_start agents started with Redis unreachable: ready, loads byte-exact; they
 #                    register once Redis comes up
 set -Eeuo pipefail
@@ -73,6 +80,8 @@ CL_AGENT_BIN=${BS_AGENT_BIN:?set BS_AGENT_BIN to blobswarm-agent}
 CL_SHIM_LIB=${BS_SHIM_LIB:?set BS_SHIM_LIB to libblobswarm.so}
 CL_READ_CLI=${BS_READ_CLI:?set BS_READ_CLI to blobswarm-read}
 CL_GENDATA=${BS_GENDATA:?set BS_GENDATA to bs-gendata}
+CL_CTL=${BS_CTL_BIN:-$(dirname "$CL_READ_CLI")/blobswarmctl} # built next to blobswarm-read
+[ -x "$CL_CTL" ] || { echo "$SUITE: no blobswarmctl at $CL_CTL (set BS_CTL_BIN)" >&2; exit 2; }
 [ "${BS_KEEP_TMP:-0}" = 1 ] && CL_KEEP=1
 CL_LOAD_S=120
 # shellcheck source=tests/tools/cluster.sh
@@ -238,14 +247,51 @@ wait_redis_keys() {
 
 chunks_of() { echo $((($1 + CHUNK - 1) / CHUNK)); }
 
+# blob_tag BLOB ETAG: the index's tag of that version of data/BLOB on the agents' grid (peer/
+# redisidx.h: the first 16 bytes of SHA-256 over account, container, blob and ETag, each
+# followed by a newline; the account is the origin endpoint the agents key by, plus the grid).
+blob_tag() {
+  printf '%s\n%s\n%s\n%s\n' "$CL_ORIGIN_EP#grid=$CHUNK" data "$1" "$2" | sha256sum | cut -c1-32
+}
+
+# holders_missing TAG N: "chunk C: nodeI" for each node missing from a chunk's holder set
+# bs:v1:{TAG}:h:C, C in [0, N); nothing when every node holds every chunk.
+holders_missing() {
+  local tag=$1 n=$2 c i
+  local -a members=() scores
+  for i in $(all_nodes); do members+=("node$i $(cl_agent_ip "$i"):$CL_PEER_PORT"); done
+  for ((c = 0; c < n; c++)); do
+    mapfile -t scores < <(cl_redis_cli ZMSCORE "bs:v1:{$tag}:h:$c" "${members[@]}")
+    for ((i = 0; i < ${#members[@]}; i++)); do
+      [ -n "${scores[$i]:-}" ] || echo "chunk $c: ${members[$i]%% *}"
+    done
+  done
+}
+
+# wait_all_hold TAG N SECONDS: every node appears in the holder set of every chunk of the
+# version (and there is no holder set past chunk N-1).
+wait_all_hold() {
+  local k missing="" keys
+  for ((k = 0; k < $3 * 2; k++)); do
+    missing=$(holders_missing "$1" "$2")
+    [ -z "$missing" ] && break
+    sleep 0.5
+  done
+  [ -z "$missing" ] ||
+    fail "holder sets after $3 s: $(grep -c . <<<"$missing") (chunk, node) pairs missing: $(head -n 5 <<<"$missing" | tr '\n' ';')"
+  log "ok: all $NODES nodes in the holder set of each of the $2 chunks"
+  keys=$(redis_keys "bs:v1:{$1}:h:*")
+  expect_eq "holder sets of the version" "$keys" "$2"
+}
+
 # ---------------------------------------------------------------------------------------
 # cases
 # ---------------------------------------------------------------------------------------
 case_cold4() {
-  local size=$((128 * MIB + 4321)) blob i peers=0 v
+  local size=$((128 * MIB + 4321)) blob i peers=0 v etag
   blob=$(blob_name a)
   cluster_up "$NODES"
-  upload "$blob" "$size" 41 >/dev/null
+  etag=$(upload "$blob" "$size" 41)
   agents_start 1 "$NODES"
   cl_origin_reset
   load_nodes "$(all_nodes)" "$blob" "$size" 41
@@ -256,6 +302,49 @@ case_cold4() {
     [ "$v" -gt 0 ] && peers=$((peers + 1))
   done
   expect_ge "nodes that served bytes from peers" "$peers" 2
+  ctl_holders "$blob" "$etag" "$size"
+}
+
+# ctl_holders BLOB ETAG SIZE: blobswarmctl holders, with the endpoint the agents key by (the
+# shims' blob endpoint, the origin proxy) and the ETag as Azure returns it (quoted), finds a
+# holder for every chunk and all nodes; it refuses endpoints spelled otherwise (2); with Redis
+# down it fails (1) without printing the URL (which may carry a password).
+ctl_holders() {
+  local blob=$1 etag=$2 size=$3 n out rc i c line nodes bad pw url
+  n=$(chunks_of "$size")
+  local -a args=(--container data --blob "$blob" --etag "$etag" --size "$size")
+  rc=0
+  out=$("$CL_CTL" holders --redis "$CL_REDIS_URL" --endpoint "$CL_ORIGIN_EP" "${args[@]}" 2>&1) || rc=$?
+  expect_eq "blobswarmctl holders exit status" "$rc" 0
+  printf '%s\n' "$out" | sed -n '/^blob version/,$p' | while IFS= read -r line; do log "ctl: $line"; done
+  expect_eq "blobswarmctl summary" "$(grep '^blob version' <<<"$out")" \
+    "blob version $(blob_tag "$blob" "$etag"): $n chunks, $n with a holder, 0 without"
+  for ((c = 0; c < n; c++)); do
+    line=$(grep "^chunk $c:" <<<"$out") || fail "blobswarmctl: no line for chunk $c"
+    [[ "$line" == *"node"[0-9]*"("*")"* ]] || fail "blobswarmctl: chunk $c has no holder: $line"
+  done
+  log "ok: blobswarmctl lists a holder for each of the $n chunks"
+  nodes=$(grep -cE '^  node[0-9]+ +[0-9]+ chunks$' <<<"$out" || true)
+  expect_eq "nodes in the blobswarmctl summary" "$nodes" "$NODES"
+  for ((i = 1; i <= NODES; i++)); do
+    grep -qE "^  node$i +[1-9][0-9]* chunks$" <<<"$out" || fail "blobswarmctl: node$i missing from the summary"
+  done
+  # Redis down (nothing listens on port 1): exit 1, and neither the URL nor its password shown.
+  pw=pw-$$-$RANDOM
+  url="redis://:$pw@127.0.0.1:1"
+  rc=0
+  out=$("$CL_CTL" holders --redis "$url" --endpoint "$CL_ORIGIN_EP" "${args[@]}" 2>&1) || rc=$?
+  expect_eq "blobswarmctl exit status with Redis down" "$rc" 1
+  if grep -qF -e "$pw" -e "127.0.0.1:1" <<<"$out"; then
+    fail "blobswarmctl printed the Redis URL: $out"
+  fi
+  log "ok: with Redis down blobswarmctl says: $out"
+  # The endpoint spelled another way than the agents key it: refused, not an empty answer.
+  for bad in "${CL_ORIGIN_EP/http:/HTTP:}" "$CL_ORIGIN_EP/"; do
+    rc=0
+    out=$("$CL_CTL" holders --redis "$CL_REDIS_URL" --endpoint "$bad" "${args[@]}" 2>&1) || rc=$?
+    expect_eq "blobswarmctl exit status for --endpoint $bad" "$rc" 2
+  done
 }
 
 case_cold4_streamer() {
@@ -272,11 +361,11 @@ case_cold4_streamer() {
 }
 
 case_kill_holder() {
-  local size=$((128 * MIB + 99)) blob i
+  local size=$((128 * MIB + 99)) blob i etag stale
   blob=$(blob_name a)
   # 400 Mbit/s node links: a node needs >= 2.7 s for the blob, so the kill lands mid-load.
   cluster_up "$NODES" 400
-  upload "$blob" "$size" 43 >/dev/null
+  etag=$(upload "$blob" "$size" 43)
   agents_start 1 "$NODES"
   load_args "$blob" "$size" 43
   cl_load_bg 1 "${LOAD_ARGS[@]}"
@@ -295,15 +384,28 @@ case_kill_holder() {
   # Node 1's own load lost its agent: its shim reads Azure instead.
   check_load 1 "its agent killed"
   summaries
+  # Node 1 comes back (same name and address) with an empty store: Redis may still list the
+  # killed incarnation as a holder of chunks it had. Its load must be byte-exact, from its
+  # peers (which hold the whole blob), not from Azure.
+  stale=$(holders_missing "$(blob_tag "$blob" "$etag")" "$(chunks_of "$size")" | grep -c ': node1$' || true)
+  log "holder sets that list the killed node 1: $(($(chunks_of "$size") - stale)) of $(chunks_of "$size")"
+  cl_agent_start 1 BLOBSWARM_STORE_DIR="$CL_DIR/n1/store.new" || fail "agent 1 did not restart"
+  cl_origin_reset
+  load_nodes 1 "$blob" "$size" 43
+  summary 1
+  # (Read-ahead fetches chunks before the load asks: they count as served locally.)
+  expect_ge "bytes the new node 1 fetched from peers" "$(metric 1 blobswarm_peer_bytes_in_total)" \
+    $((size - 2 * CHUNK))
+  expect_le "origin bytes of the new node 1's load" "$(cl_origin_bytes)" $((2 * CHUNK))
 }
 
 case_redis_restart() {
-  local size=$((160 * MIB + 5)) blob i n
+  local size=$((160 * MIB + 5)) blob i n etag
   blob=$(blob_name a)
   n=$(chunks_of "$size")
   # 200 Mbit/s node links: each load needs >= 6.7 s, so the Redis events land mid-load.
   cluster_up "$NODES" 200
-  upload "$blob" "$size" 44 >/dev/null
+  etag=$(upload "$blob" "$size" 44)
   # A heartbeat every second: a restarted or flushed Redis is noticed within 3 s.
   agents_start 1 "$NODES" BLOBSWARM_NODE_TTL_MS=3000
   load_args "$blob" "$size" 44
@@ -324,11 +426,11 @@ case_redis_restart() {
   wait_loads $(all_nodes)
   for i in $(all_nodes); do check_load "$i"; done
   summaries
-  # Once idle: a flush makes every agent re-announce its chunks (each holds all n) and
-  # re-register.
+  # Once idle: a flush makes every agent re-announce its chunks and re-register. Each holds
+  # all n chunks and a holder set keeps the newest 8 (>= 4 nodes): every node in every set.
   cl_redis_flush || fail "FLUSHALL failed"
   wait_redis_keys 'bs:v1:{nodes}:n:*' "$NODES" "$POLL_S"
-  wait_redis_keys 'bs:v1:*:h:*' "$n" "$POLL_S"
+  wait_all_hold "$(blob_tag "$blob" "$etag")" "$n" "$POLL_S"
 }
 
 case_corrupt_peer() {
@@ -401,14 +503,15 @@ case_no_secret() {
 
 case_lease_killed() {
   # The lease is the default (90 s): the waiters must break a dead lessee's lease (it refuses
-  # their connection), not wait for it to expire.
-  local size=$((6 * MIB + 7)) blob i k lease_ms=0 margin_ms=7000 key val t0 left ms
+  # their connection), not wait for it to expire. margin_ms: how long after the kill they may
+  # take; the lease has far more than that left at the kill (lease_min_ms).
+  local size=$((6 * MIB + 7)) blob i k margin_ms=7000 lease_min_ms=60000 key val t0 left ms pttl
   local -A done_ms=()
   blob=$(blob_name a)
   cluster_up "$NODES"
   upload "$blob" "$size" 47 >/dev/null
-  # Waits longer than the lease on every layer, so the waiters' agents (not their shims'
-  # fallback) must deliver the chunk once the dead lessee's lease expires.
+  # Waits far longer than the margin on every layer, so the waiters' agents (not their shims'
+  # fallback) must deliver the chunk once they broke the dead lessee's lease.
   agents_start 1 "$NODES" BLOBSWARM_ANSWER_MS=30000 BLOBSWARM_FILL_WAIT_MS=30000
   CL_LOAD_ENV=(BLOBSWARM_AGENT_TIMEOUT_MS=40000)
   # The origin holds the first GET of the blob (node 1's fill) far beyond the lease.
@@ -428,11 +531,16 @@ case_lease_killed() {
     *) fail "the lease is held by '$val', expected node1" ;; esac
   for i in 2 3 4; do cl_load_bg "$i" "${LOAD_ARGS[@]}"; done
   sleep 1 # the waiters ask, find the lease held and wait
+  # Still node 1's, with most of its 90 s ahead: expiry cannot be what ends the waits below.
+  val=$(cl_redis_cli GET "$key")
+  pttl=$(cl_redis_cli PTTL "$key")
+  case $val in node1\ *) ;; *) fail "before the kill the lease is held by '$val', expected node1" ;; esac
+  expect_ge "the lease's time left before the kill (ms)" "$pttl" "$lease_min_ms"
   cl_agent_stop 1 KILL || fail "agent 1 did not die"
   t0=$(date +%s%3N)
   log "agent 1 (the lessee) SIGKILLed"
   left=3
-  for ((k = 0; k < (lease_ms + margin_ms) / 50 + 1 && left > 0; k++)); do
+  for ((k = 0; k < margin_ms / 50 + 1 && left > 0; k++)); do
     for i in 2 3 4; do
       if [ -z "${done_ms[$i]:-}" ] && ! cl_load_running "$i"; then
         done_ms[$i]=$(($(date +%s%3N) - t0))
@@ -442,13 +550,18 @@ case_lease_killed() {
     sleep 0.05
   done
   for i in 2 3 4; do
-    [ -n "${done_ms[$i]:-}" ] || fail "the load on node $i did not end within ${lease_ms} + ${margin_ms} ms of the kill"
+    [ -n "${done_ms[$i]:-}" ] || fail "the load on node $i did not end within ${margin_ms} ms of the kill"
   done
+  # Broken and then released by the waiter that filled the chunk: deleted, not expired (it had
+  # $pttl ms left at the kill).
+  [ "$(cl_redis_cli EXISTS "$key")" = 0 ] ||
+    fail "the lease key is still there after the waiters: $(cl_redis_cli GET "$key") (PTTL $(cl_redis_cli PTTL "$key") ms)"
+  log "ok: the lease key is gone $(($(date +%s%3N) - t0)) ms after the kill (it had $pttl ms left)"
   wait_loads 1 2 3 4
   for i in 2 3 4; do
     check_load "$i" "waiter"
     ms=${done_ms[$i]}
-    expect_le "node $i done after the kill (ms)" "$ms" $((lease_ms + margin_ms))
+    expect_le "node $i done after the kill (ms)" "$ms" "$margin_ms"
     # Through its agent, not the shim's own Azure read.
     expect_ge "bytes agent $i served" "$(metric "$i" blobswarm_agent_served_bytes_total)" "$size"
   done
@@ -471,7 +584,8 @@ case_overwrite() {
   cl_origin_reset
   load_nodes "$(all_nodes)" "$blob" "$size" 49
   summaries
-  log "origin after the overwrite: $(cl_origin_bytes) bytes for a $size-byte blob"
+  # The new version is read from Azure once, the rest from peers.
+  origin_at_most "$size"
 }
 
 case_redis_down_start() {

@@ -6,6 +6,10 @@
  * that accepts and never answers; a closed port. Raw HTTP requests check what the server
  * refuses (401 unsigned, other secret, stale, replayed onto another query; 400, 404, 405,
  * 503 at the upload cap) and that a refusal carries no chunk bytes.
+ * Waits (w > 0): a slow origin (an in-process HTTP server standing in for Azure, answering a
+ * ranged GET after a set delay) makes the service run real fills; a request with a wait is
+ * served once the fill ends, waiters hold no upload slot, a waiter that hangs up ends its wait
+ * within a slice, and the client's stall limit does not cut a wait longer than it.
  * Finally it measures fetch throughput of 8 MiB chunks over loopback (MiB/s and the
  * process's CPU, server and client together) and prints it.
  *
@@ -38,7 +42,9 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include "blobreader.h"
 #include "clock.h"
+#include "fetch.h"
 #include "metrics.h"
 #include "peerauth.h"
 #include "peerclient.h"
@@ -46,25 +52,37 @@
 #include "service.h"
 #include "store.h"
 
-#define CHUNK      (8u << 20)
-#define SMALL      (100000u) /* a short last chunk */
-#define BLOCK      65536u
-#define WINDOW_MS  30000L
-#define STALL_MS   500L
-#define UPLOADS    2
-#define WAIT_S     10 /* bound of every wait in this test */
-#define ENDPOINT   "http://127.0.0.1:10000/devstoreaccount1"
-#define ACCOUNT    ENDPOINT "#grid=8388608"
-#define CONTAINER  "models"
-#define BLOB       "llama/model-00001.safetensors"
-#define ETAG       "\"0x8DC1234ABCD\""
-#define FLIP_AT    4096 /* body offset whose byte the relay flips */
-#define STALL_FROM (1u << 20)
-#define HEAD_MAX   32768 /* response header bytes a relay buffers */
+#define CHUNK       (8u << 20)
+#define SMALL       (100000u) /* a short last chunk */
+#define BLOCK       65536u
+#define WINDOW_MS   30000L
+#define STALL_MS    500L
+#define UPLOADS     2
+#define WAIT_S      10 /* bound of every wait in this test */
+#define ENDPOINT    "http://127.0.0.1:10000/devstoreaccount1"
+#define ACCOUNT     ENDPOINT "#grid=8388608"
+#define CONTAINER   "models"
+#define BLOB        "llama/model-00001.safetensors"
+#define ETAG        "\"0x8DC1234ABCD\""
+#define FLIP_AT     4096 /* body offset whose byte the relay flips */
+#define STALL_FROM  (1u << 20)
+#define HEAD_MAX    32768 /* response header bytes a relay buffers */
+#define MAX_WAIT_MS 5000  /* the peer server's longest wait for a fill */
+/* The slow origin: one blob version of ORIGIN_SIZE bytes under any name. */
+#define ORIGIN_ACCOUNT "devstoreaccount1"
+#define ORIGIN_ETAG    "\"0x8DC0000ABCDEF01\""
+#define ORIGIN_SIZE    100000u
+#define ORIGIN_CONNS   32 /* connections it serves in a run */
+#define FILLERS_MAX    8  /* fills the cases start */
+#define SLICE_MS                                                                                   \
+    250 /* agent/peersrv.c WAIT_SLICE_MS: a waiter's hang-up is seen this                          \
+           often */
 
 struct env {
     char dir[64];
     struct bs_metrics *metrics;
+    struct bs_fetch *fetch;
+    struct bs_blobreader *reader, *check_reader;
     struct bs_store *store;
     struct bs_service *svc;
     struct bs_peersrv *srv;
@@ -500,6 +518,213 @@ static void fake_stop(struct fake *f)
     free(f);
 }
 
+/* ---- a slow origin ---------------------------------------------------------------- */
+
+/* A tiny HTTP server in Azure's place, so that the service runs real fills: a HEAD gives the
+ * blob's ETag and size, a ranged GET is answered origin.delay_ms after it arrived (the fill in
+ * progress that a peer request's wait is about). Every blob name has the same bytes. */
+struct origin {
+    int lfd, port;
+    atomic_int stop;
+    atomic_int gets;     /* GETs received */
+    atomic_int answered; /* GETs answered */
+    atomic_long delay_ms;
+    _Atomic uint64_t get_ns; /* when the last GET arrived */
+    pthread_t acceptor;
+    pthread_mutex_t lock;
+    int nconn;
+    pthread_t conn_threads[ORIGIN_CONNS];
+    unsigned char *data;
+    unsigned char sha[32];
+    char endpoint[64];
+    char account[96]; /* the chunk key's account: endpoint#grid=CHUNK */
+};
+
+static struct origin O;
+
+/* "bytes=<first>-<last>" of the request's x-ms-range, or the whole blob. */
+static void origin_range(const char *req, uint64_t *first, uint64_t *last)
+{
+    *first = 0;
+    *last = ORIGIN_SIZE - 1;
+    const char *h = strcasestr(req, "\r\nx-ms-range: bytes=");
+    unsigned long long a, b;
+    if (h && sscanf(h + strlen("\r\nx-ms-range: bytes="), "%llu-%llu", &a, &b) == 2 && a <= b &&
+        b < ORIGIN_SIZE) {
+        *first = a;
+        *last = b;
+    }
+}
+
+/* Sleeps ms unless the origin stops. */
+static void origin_sleep(long ms)
+{
+    for (long t = 0; t < ms && !atomic_load(&O.stop); t += 10)
+        sleep_ms(ms - t < 10 ? ms - t : 10);
+}
+
+static void *origin_conn_main(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    char req[8192];
+    size_t got = 0;
+    while (!atomic_load(&O.stop)) {
+        char *end = memmem(req, got, "\r\n\r\n", 4);
+        if (!end) {
+            struct pollfd pf = {fd, POLLIN, 0};
+            if (poll(&pf, 1, 100) <= 0)
+                continue;
+            ssize_t n = got < sizeof(req) - 1 ? recv(fd, req + got, sizeof(req) - 1 - got, 0) : 0;
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            continue;
+        }
+        size_t hl = (size_t)(end - req) + 4;
+        char head[1024];
+        req[hl - 2] = '\0'; /* the request's head as a string (ends in one CRLF) */
+        int n;
+        if (strncmp(req, "HEAD ", 5) == 0) {
+            n = snprintf(head, sizeof(head),
+                         "HTTP/1.1 200 OK\r\nContent-Length: %u\r\nETag: %s\r\n"
+                         "x-ms-blob-type: BlockBlob\r\n\r\n",
+                         ORIGIN_SIZE, ORIGIN_ETAG);
+            if (send_all(fd, head, (size_t)n) != 0)
+                break;
+        } else if (strncmp(req, "GET ", 4) == 0) {
+            uint64_t first, last;
+            origin_range(req, &first, &last);
+            atomic_store(&O.get_ns, bs_now_ns());
+            atomic_fetch_add(&O.gets, 1);
+            origin_sleep(atomic_load(&O.delay_ms));
+            n = snprintf(head, sizeof(head),
+                         "HTTP/1.1 206 Partial Content\r\nContent-Length: %llu\r\n"
+                         "Content-Range: bytes %llu-%llu/%u\r\nETag: %s\r\n\r\n",
+                         (unsigned long long)(last - first + 1), (unsigned long long)first,
+                         (unsigned long long)last, ORIGIN_SIZE, ORIGIN_ETAG);
+            atomic_fetch_add(&O.answered, 1);
+            if (send_all(fd, head, (size_t)n) != 0 ||
+                send_all(fd, O.data + first, (size_t)(last - first + 1)) != 0)
+                break;
+        } else {
+            break;
+        }
+        memmove(req, req + hl, got - hl);
+        got -= hl;
+    }
+    close(fd);
+    return NULL;
+}
+
+static void *origin_accept_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&O.stop)) {
+        struct pollfd pf = {O.lfd, POLLIN, 0};
+        if (poll(&pf, 1, 100) <= 0)
+            continue;
+        int fd = accept4(O.lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        pthread_mutex_lock(&O.lock);
+        if (O.nconn == ORIGIN_CONNS ||
+            pthread_create(&O.conn_threads[O.nconn], NULL, origin_conn_main, (void *)(intptr_t)fd))
+            close(fd);
+        else
+            O.nconn++;
+        pthread_mutex_unlock(&O.lock);
+    }
+    return NULL;
+}
+
+static int origin_start(void)
+{
+    O.data = malloc(ORIGIN_SIZE);
+    fill_random(O.data, ORIGIN_SIZE, 3);
+    EVP_Digest(O.data, ORIGIN_SIZE, O.sha, NULL, EVP_sha256(), NULL);
+    pthread_mutex_init(&O.lock, NULL);
+    O.lfd = listen_any(&O.port);
+    if (O.lfd < 0 || pthread_create(&O.acceptor, NULL, origin_accept_main, NULL) != 0)
+        return -1;
+    snprintf(O.endpoint, sizeof(O.endpoint), "http://127.0.0.1:%d/" ORIGIN_ACCOUNT, O.port);
+    snprintf(O.account, sizeof(O.account), "%s#grid=%u", O.endpoint, CHUNK);
+    return 0;
+}
+
+static void origin_stop(void)
+{
+    atomic_store(&O.stop, 1);
+    pthread_join(O.acceptor, NULL);
+    for (int i = 0; i < O.nconn; i++)
+        pthread_join(O.conn_threads[i], NULL);
+    close(O.lfd);
+    pthread_mutex_destroy(&O.lock);
+    free(O.data);
+}
+
+/* A caller of the service whose request starts the fill of chunk 0 of `blob` (it waits the
+ * service's fill_wait_ms, the fill goes on after that). Joined by fill_join, or by the
+ * teardown when a case failed before it did. */
+struct filler {
+    char blob[64];
+    pthread_t t;
+    int joined;
+    struct bs_chunk_reply rep;
+};
+
+static struct filler fillers[FILLERS_MAX];
+static int nfillers;
+
+static void *filler_main(void *arg)
+{
+    struct filler *f = arg;
+    struct bs_chunk_req *req = calloc(1, sizeof(*req));
+    snprintf(req->account, sizeof(req->account), ORIGIN_ACCOUNT);
+    snprintf(req->container, sizeof(req->container), CONTAINER);
+    snprintf(req->blob, sizeof(req->blob), "%s", f->blob);
+    req->auth.kind = BS_AUTH_ANONYMOUS;
+    snprintf(req->auth.endpoint, sizeof(req->auth.endpoint), "%s", O.endpoint);
+    snprintf(req->auth.account, sizeof(req->auth.account), ORIGIN_ACCOUNT);
+    struct bs_chunk_ref *ref = NULL;
+    bs_service_chunk(E.svc, req, &f->rep, &ref);
+    bs_service_release(E.svc, ref);
+    free(req);
+    return NULL;
+}
+
+/* Starts the fill of `blob` with the origin answering after delay_ms; returns once the
+ * origin has the fill's GET (the fill is in progress). */
+static struct filler *fill_start(const char *blob, long delay_ms)
+{
+    assert_true(nfillers < FILLERS_MAX);
+    struct filler *f = &fillers[nfillers];
+    snprintf(f->blob, sizeof(f->blob), "%s", blob);
+    int gets = atomic_load(&O.gets);
+    atomic_store(&O.delay_ms, delay_ms);
+    assert_int_equal(pthread_create(&f->t, NULL, filler_main, f), 0);
+    nfillers++;
+    uint64_t end = deadline_in(WAIT_S * 1000);
+    while (atomic_load(&O.gets) == gets && bs_now_ns() < end)
+        sleep_ms(1);
+    if (atomic_load(&O.gets) == gets)
+        fail_msg("the fill of %s did not reach the origin within %d s", blob, WAIT_S);
+    return f;
+}
+
+static enum bs_chunk_status fill_join(struct filler *f)
+{
+    if (!f->joined)
+        pthread_join(f->t, NULL);
+    f->joined = 1;
+    return f->rep.status;
+}
+
+static struct bs_chunk_id origin_id(const char *blob)
+{
+    struct bs_chunk_id id = {O.account, CONTAINER, blob, ORIGIN_ETAG, 0};
+    return id;
+}
+
 /* Removes one entry of the test directory; chunk files are made removable first (the store
  * makes them 0400 and, where it can, immutable). */
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -557,12 +782,37 @@ static int setup(void **state)
         .tenant_queue = 4,
         .answer_ms = 5000,
         .check_ms = 1000,
-        .allowed_endpoints = "",
+        .allowed_endpoints = "http://127.0.0.1:*/" ORIGIN_ACCOUNT,
         .grant_ttl_ms = 60000,
         .max_grants = 16,
     };
-    /* No origin: the peer server never fills, so the readers are never used. */
-    E.svc = bs_service_create(&vo, E.store, NULL, NULL, E.metrics, err, sizeof(err));
+    /* The origin is the slow one above: the fills the peer server's waits are about. */
+    struct bs_fetch_opts fo = {
+        .io_threads = 1,
+        .max_connections = 8,
+        .connect_timeout_ms = 2000,
+        .stall_timeout_ms = WAIT_S * 1000,
+    };
+    struct bs_blobreader_opts ro = {
+        .range_bytes = CHUNK,
+        .deadline_ms = WAIT_S * 1000,
+        .max_retries = 1,
+        .retry_base_ms = 100,
+        .retry_max_ms = 1000,
+        .props_ttl_ms = 0,
+        .props_max_entries = 1,
+    };
+    if (origin_start() != 0)
+        return -1;
+    E.fetch = bs_fetch_create(&fo, err, sizeof(err));
+    E.reader = E.fetch ? bs_blobreader_create(&ro, E.fetch) : NULL;
+    ro.deadline_ms = vo.check_ms;
+    E.check_reader = E.fetch ? bs_blobreader_create(&ro, E.fetch) : NULL;
+    if (!E.reader || !E.check_reader) {
+        fprintf(stderr, "origin reader: %s\n", E.fetch ? "out of memory" : err);
+        return -1;
+    }
+    E.svc = bs_service_create(&vo, E.store, E.reader, E.check_reader, E.metrics, err, sizeof(err));
     if (!E.svc)
         return -1;
     E.data = malloc(CHUNK);
@@ -586,7 +836,7 @@ static int setup(void **state)
         .max_clients = 64,
         .max_per_ip = 32,
         .conn_idle_ms = 20000,
-        .max_wait_ms = 1000,
+        .max_wait_ms = MAX_WAIT_MS,
     };
     E.srv = bs_peersrv_create(&po, E.svc, E.metrics, err, sizeof(err));
     if (!E.srv) {
@@ -611,9 +861,15 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
+    for (int i = 0; i < nfillers; i++)
+        fill_join(&fillers[i]);
     bs_peerclient_destroy(E.cli);
     int drained = bs_peersrv_destroy(E.srv, 5000);
     bs_service_destroy(E.svc);
+    bs_blobreader_destroy(E.reader);
+    bs_blobreader_destroy(E.check_reader);
+    bs_fetch_destroy(E.fetch);
+    origin_stop();
     bs_store_destroy(E.store);
     bs_metrics_destroy(E.metrics);
     free(E.data);
@@ -1001,6 +1257,138 @@ static void test_dead_and_silent_peers(void **state)
     free(buf);
 }
 
+/* ---- waits for a fill (w > 0) ----------------------------------------------------- */
+
+static enum bs_peer_err fetch_wait(struct bs_peerclient *c, const struct bs_chunk_id *id,
+                                   long wait_ms, long ms, unsigned char *buf, unsigned char sha[32],
+                                   char *err, size_t errsz)
+{
+    return bs_peerclient_fetch(c, &E.peer, id, ORIGIN_SIZE, wait_ms, deadline_in(ms), buf,
+                               ORIGIN_SIZE, sha, err, errsz);
+}
+
+/* A chunk being filled here: a request without a wait is told "not held" at once; one with a
+ * wait gets the chunk once the fill ends. */
+static void test_wait_for_fill(void **state)
+{
+    (void)state;
+    char err[256];
+    unsigned char sha[32], *buf = malloc(ORIGIN_SIZE);
+    const long delay = 800;
+    struct bs_chunk_id id = origin_id("wait/served.bin");
+    struct filler *f = fill_start(id.blob, delay);
+    uint64_t t_get = atomic_load(&O.get_ns);
+    uint64_t t0 = bs_now_ns();
+    enum bs_peer_err rc = fetch_wait(E.cli, &id, 0, 5000, buf, sha, err, sizeof(err));
+    double ms = elapsed_ms(t0);
+    if (rc != BS_PEER_E_NOTFOUND || ms > delay / 2)
+        fail_msg("w=0 during the fill: %s after %.0f ms, notfound at once expected",
+                 bs_peer_err_name(rc), ms);
+    memset(buf, 0, ORIGIN_SIZE);
+    rc = fetch_wait(E.cli, &id, 3000, 3000 + 5000, buf, sha, err, sizeof(err));
+    ms = elapsed_ms(t_get);
+    printf("# w=3000 on a fill answered by the origin after %ld ms: %s %.0f ms after its GET\n",
+           delay, bs_peer_err_name(rc), ms);
+    if (rc != BS_PEER_OK)
+        fail_msg("w=3000 during the fill: %s: %s", bs_peer_err_name(rc), err);
+    assert_memory_equal(buf, O.data, ORIGIN_SIZE);
+    assert_memory_equal(sha, O.sha, 32);
+    assert_true(ms >= delay && ms < 3000); /* after the fill, not after the wait */
+    assert_int_equal(atomic_load(&O.gets), atomic_load(&O.answered));
+    assert_true(metric_becomes("blobswarm_peer_uploads", 0));
+    assert_int_equal(fill_join(f), BS_CHUNK_FILLED);
+    free(buf);
+}
+
+/* Waiters hold no upload slot (more of them than slots, and a fetch still gets one), and a
+ * waiter that hangs up ends its wait within a slice, long before the fill ends. */
+static void test_wait_hangup(void **state)
+{
+    (void)state;
+    char hdr[BS_PEER_HDR_MAX], req[8192], err[256];
+    unsigned char sha[32], *buf = malloc(ORIGIN_SIZE);
+    const long delay = 3000;
+    const int waiters = UPLOADS + 1;
+    const char *nf = "blobswarm_peer_errors_total{kind=\"notfound_in\"}";
+    struct bs_chunk_id id = origin_id("wait/hangup.bin");
+    struct filler *f = fill_start(id.blob, delay);
+    uint64_t t_get = atomic_load(&O.get_ns);
+    int answered = atomic_load(&O.answered);
+    double nf0 = metric(nf);
+    char *pq = chunk_pq(&id, CONTAINER, MAX_WAIT_MS);
+    int fd[UPLOADS + 1];
+    for (int i = 0; i < waiters; i++) {
+        fd[i] = connect_port(bs_peersrv_port(E.srv), 0);
+        assert_true(fd[i] >= 0);
+        sign_pq(&E.secret, "GET", pq, bs_peer_wall_ms(), hdr);
+        int n = snprintf(req, sizeof(req),
+                         "GET %s HTTP/1.1\r\nHost: x\r\nX-Blobswarm-Peer: %s\r\n\r\n", pq, hdr);
+        assert_int_equal(send_all(fd[i], req, (size_t)n), 0);
+    }
+    sleep_ms(2 * SLICE_MS);
+    /* Waiting, and holding no slot: a held chunk is still served at once. */
+    assert_true(metric(nf) == nf0);
+    assert_true(metric("blobswarm_peer_uploads") == 0);
+    enum bs_peer_err rc =
+        fetch_with(E.cli, &E.peer, &small_id, SMALL, 1000, buf, SMALL, sha, err, sizeof(err));
+    if (rc != BS_PEER_OK)
+        fail_msg("with %d waiters (%d upload slots): %s: %s", waiters, UPLOADS,
+                 bs_peer_err_name(rc), err);
+    for (int i = 0; i < waiters; i++)
+        close(fd[i]);
+    uint64_t t_hang = bs_now_ns();
+    while (metric(nf) < nf0 + waiters && elapsed_ms(t_hang) < WAIT_S * 1000)
+        sleep_ms(5);
+    double ms = elapsed_ms(t_hang);
+    printf("# %d waiters hung up: their waits ended %.0f ms later (slice %d ms), %.0f ms into a "
+           "%ld ms fill\n",
+           waiters, ms, SLICE_MS, elapsed_ms(t_get), delay);
+    assert_true(metric(nf) == nf0 + waiters);
+    assert_true(ms < SLICE_MS + 200);
+    assert_int_equal(atomic_load(&O.answered), answered); /* the fill is still running */
+    assert_true(metric("blobswarm_peer_uploads") == 0);
+    /* The fill ends later and its chunk is served. */
+    uint64_t end = deadline_in(WAIT_S * 1000);
+    while (atomic_load(&O.answered) == answered && bs_now_ns() < end)
+        sleep_ms(10);
+    fill_join(f);
+    rc = fetch_wait(E.cli, &id, 500, 5000, buf, sha, err, sizeof(err));
+    if (rc != BS_PEER_OK)
+        fail_msg("after the fill: %s: %s", bs_peer_err_name(rc), err);
+    assert_memory_equal(buf, O.data, ORIGIN_SIZE);
+    free(pq);
+    free(buf);
+}
+
+/* The client's stall limit does not cut a wait: stall 500 ms, w=2000, the fill ends 1.5 s
+ * after the request. A client of its own: its connection has carried no bytes before (a
+ * transfer's history must not decide whether a wait survives). */
+static void test_wait_longer_than_stall(void **state)
+{
+    (void)state;
+    char err[256];
+    unsigned char sha[32], *buf = malloc(ORIGIN_SIZE);
+    const long delay = 1500, wait = 2000;
+    struct bs_peerclient_opts co = {&E.secret, "node-w", 1, 1000, STALL_MS};
+    struct bs_peerclient *c = bs_peerclient_create(&co, err, sizeof(err));
+    assert_non_null(c);
+    struct bs_chunk_id id = origin_id("wait/stall.bin");
+    struct filler *f = fill_start(id.blob, delay);
+    uint64_t t_get = atomic_load(&O.get_ns);
+    enum bs_peer_err rc = fetch_wait(c, &id, wait, wait + 5000, buf, sha, err, sizeof(err));
+    bs_peerclient_destroy(c);
+    double ms = elapsed_ms(t_get);
+    printf("# w=%ld, stall %ld ms, fill %ld ms: %s %.0f ms after the fill's GET (%s)\n", wait,
+           STALL_MS, delay, bs_peer_err_name(rc), ms, rc == BS_PEER_OK ? "" : err);
+    if (rc != BS_PEER_OK)
+        fail_msg("w=%ld with stall %ld ms on a %ld ms fill: %s: %s", wait, STALL_MS, delay,
+                 bs_peer_err_name(rc), err);
+    assert_memory_equal(buf, O.data, ORIGIN_SIZE);
+    assert_true(ms >= delay);
+    fill_join(f);
+    free(buf);
+}
+
 /* ---- throughput -------------------------------------------------------------------- */
 
 struct bench_thread {
@@ -1082,10 +1470,17 @@ static void test_throughput(void **state)
 int main(int argc, char **argv)
 {
     const struct CMUnitTest all[] = {
-        cmocka_unit_test(test_fetch),        cmocka_unit_test(test_auth_refused),
-        cmocka_unit_test(test_bad_requests), cmocka_unit_test(test_notfound),
-        cmocka_unit_test(test_upload_cap),   cmocka_unit_test(test_tampering),
-        cmocka_unit_test(test_fake_peers),   cmocka_unit_test(test_dead_and_silent_peers),
+        cmocka_unit_test(test_fetch),
+        cmocka_unit_test(test_auth_refused),
+        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_notfound),
+        cmocka_unit_test(test_upload_cap),
+        cmocka_unit_test(test_tampering),
+        cmocka_unit_test(test_fake_peers),
+        cmocka_unit_test(test_dead_and_silent_peers),
+        cmocka_unit_test(test_wait_for_fill),
+        cmocka_unit_test(test_wait_hangup),
+        cmocka_unit_test(test_wait_longer_than_stall),
         cmocka_unit_test(test_throughput),
     };
     const struct CMUnitTest bench_only[] = {cmocka_unit_test(test_throughput)};
