@@ -548,6 +548,9 @@ enum bs_peer_err bs_peerclient_fetch(struct bs_peerclient *c, const struct bs_pe
     x.md = s->md;
     path = chunk_path(s->e, id, wait_ms < 0 ? 0 : wait_ms);
     x.wait_ns = wait_ms > 0 ? (uint64_t)wait_ms * BS_NS_PER_MS : 0;
+    /* curl's own low-speed check (a backstop to drive()'s) must allow the wait as well. */
+    curl_easy_setopt(s->e, CURLOPT_LOW_SPEED_TIME,
+                     (c->o.stall_ms + 999) / 1000 + (wait_ms > 0 ? (wait_ms + 999) / 1000 : 0));
     size_t urlsz = path ? strlen(path) + strlen(p->addr) + sizeof("http://") : 0;
     url = path ? malloc(urlsz) : NULL;
     char auth[sizeof(BS_PEER_AUTH_HEADER ": ") + BS_PEER_HDR_MAX];

@@ -126,7 +126,8 @@ int main(int argc, char **argv)
     }
     if (!url || !endpoint || !container || !blob || !etag || size == 0 || optind != argc)
         return usage(stderr, 2);
-    if (!bs_name_endpoint_canonical(endpoint)) {
+    size_t elen = strlen(endpoint);
+    if (!bs_name_endpoint_canonical(endpoint) || (elen && endpoint[elen - 1] == '/')) {
         /* The agents key chunks by the canonical spelling: another finds nothing. */
         fprintf(stderr, PROG ": --endpoint must be canonical (lower case, no default port, no "
                              "trailing slash), as the agents key it\n");
