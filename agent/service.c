@@ -1207,7 +1207,7 @@ struct bs_service *bs_service_create(const struct bs_service_opts *o, struct bs_
     s->patterns = strdup(o->allowed_endpoints ? o->allowed_endpoints : "");
     s->grants = bs_grants_create(o->max_grants, o->grant_ttl_ms);
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->work_cv, NULL);
+    bs_cond_init(&s->work_cv); /* pause_ms waits on it with a monotonic deadline */
     bs_cond_init(&s->check_cv);
     pthread_mutex_init(&s->verify_lock, NULL);
     s->m_requests = bs_metrics_counter(metrics, "blobswarm_agent_chunk_requests_total",

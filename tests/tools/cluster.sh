@@ -543,7 +543,7 @@ cl_metric() {
       }
       sum += $2
     }
-    END { if (sum == int(sum)) printf "%d\n", sum; else printf "%s\n", sum }' <<<"$m"
+    END { if (sum == int(sum)) printf "%.0f\n", sum; else printf "%s\n", sum }' <<<"$m"
 }
 
 # ---------------------------------------------------------------------------------------
