@@ -649,11 +649,15 @@ int main(int argc, char **argv)
         bs_redisidx_set_reannounce(idx, bs_service_reannounce, svc);
         struct bs_peersrv_opts po = {
             .listen = cfg.peer_listen,
+            .advertise = cfg.advertise,
             .secret = &secret,
             .window_ms = cfg.peer_window_ms,
             .max_uploads = (int)cfg.peer_uploads,
             .max_clients = (int)cfg.max_clients,
-            .max_per_ip = (int)cfg.max_per_peer,
+            /* A peer keeps at most 4 connections per download slot; more from one address
+             * is a flood (a pod without the secret), not an agent. */
+            .max_per_ip = (int)(4 * cfg.peer_downloads < cfg.max_per_peer ? 4 * cfg.peer_downloads
+                                                                          : cfg.max_per_peer),
             .conn_idle_ms = cfg.request_read_ms,
             .max_wait_ms = cfg.peer_max_wait_ms,
         };

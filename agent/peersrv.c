@@ -47,6 +47,7 @@
 struct bs_peersrv {
     struct MHD_Daemon *d;
     int port;
+    char dest[80]; /* this server as signatures name it: the advertise address */
     struct bs_peersrv_opts o;
     const struct bs_peer_secret *secret;
     struct bs_service *svc;
@@ -343,7 +344,10 @@ static enum MHD_Result handle(struct bs_peersrv *p, struct MHD_Connection *c, st
         refused(p, c, "auth_in", "repeated signature header");
         return send_text(c, 401, "unauthorized\n");
     }
-    if (bs_peer_verify_request(p->secret, hdr, "GET", r->uri, bs_peer_wall_ms(), p->o.window_ms,
+    /* Signed for this server: a request relayed or replayed to another agent fails. */
+    char target[sizeof(p->dest) + RAW_URI_MAX + 1];
+    snprintf(target, sizeof(target), "%s%s", p->dest, r->uri);
+    if (bs_peer_verify_request(p->secret, hdr, "GET", target, bs_peer_wall_ms(), p->o.window_ms,
                                node, why, sizeof(why)) != 0) {
         refused(p, c, "auth_in", why);
         return send_text(c, 401, "unauthorized\n");
@@ -504,6 +508,13 @@ struct bs_peersrv *bs_peersrv_create(const struct bs_peersrv_opts *o, struct bs_
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(p->d, MHD_DAEMON_INFO_BIND_PORT);
     p->port = info ? info->port : (int)ntohs(sa.sin_port);
+    if (o->advertise && *o->advertise) {
+        snprintf(p->dest, sizeof(p->dest), "%s", o->advertise);
+    } else {
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
+        snprintf(p->dest, sizeof(p->dest), "%s:%d", ip, p->port);
+    }
     return p;
 }
 

@@ -18,7 +18,9 @@ struct bs_metrics;
 struct bs_peersrv;
 
 struct bs_peersrv_opts {
-    const char *listen;                  /* "IPv4:port" (port 0: any free one) */
+    const char *listen;    /* "IPv4:port" (port 0: any free one) */
+    const char *advertise; /* the address peers dial (signatures name it); NULL: listen's
+                              address with the port bound */
     const struct bs_peer_secret *secret; /* borrowed */
     long window_ms;                      /* replay window of signatures (+-) */
     int max_uploads;                     /* chunk bodies being sent at once; beyond: 503 */

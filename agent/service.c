@@ -69,10 +69,11 @@ struct tenant {
     char endpoint[1024];
 };
 
-#define MAP_BUCKETS 256
-#define MAX_PLANS   32 /* blob versions read ahead at once */
-#define RA_PASSES   2
-#define MAX_CHECKS  256 /* concurrent distinct access checks that are single-flighted */
+#define MAP_BUCKETS          256
+#define MAX_PLANS            32 /* blob versions read ahead at once */
+#define MAX_PLANS_PER_TENANT 8  /* of which one storage endpoint may have */
+#define RA_PASSES            2
+#define MAX_CHECKS           256 /* concurrent distinct access checks that are single-flighted */
 
 struct bs_service {
     struct bs_service_opts o;
@@ -878,10 +879,14 @@ static void maybe_read_ahead(struct bs_service *s, const struct bs_chunk_req *re
     uint64_t n = (g->size + s->o.chunk_size - 1) / s->o.chunk_size;
     pthread_mutex_lock(&s->lock);
     int known = s->nplans >= MAX_PLANS || s->stop || s->planned_bytes + g->size > planned_max;
-    for (struct ra_plan *pl = s->plans; pl && !known; pl = pl->next)
-        known = strcmp(pl->etag, g->etag) == 0 && strcmp(pl->blob, req->blob) == 0 &&
-                strcmp(pl->container, req->container) == 0 &&
-                strcmp(pl->endpoint, req->auth.endpoint) == 0;
+    int of_tenant = 0;
+    for (struct ra_plan *pl = s->plans; pl && !known; pl = pl->next) {
+        of_tenant += strcmp(pl->endpoint, req->auth.endpoint) == 0;
+        known = of_tenant >= MAX_PLANS_PER_TENANT ||
+                (strcmp(pl->etag, g->etag) == 0 && strcmp(pl->blob, req->blob) == 0 &&
+                 strcmp(pl->container, req->container) == 0 &&
+                 strcmp(pl->endpoint, req->auth.endpoint) == 0);
+    }
     pthread_mutex_unlock(&s->lock);
     if (known)
         return;

@@ -555,8 +555,18 @@ enum bs_peer_err bs_peerclient_fetch(struct bs_peerclient *c, const struct bs_pe
     url = path ? malloc(urlsz) : NULL;
     char auth[sizeof(BS_PEER_AUTH_HEADER ": ") + BS_PEER_HDR_MAX];
     int hl = snprintf(auth, sizeof(auth), "%s: ", BS_PEER_AUTH_HEADER);
-    if (path)
-        bs_peer_sign_request(c->o.secret, c->node, "GET", path, bs_peer_wall_ms(), auth + hl);
+    if (path) {
+        /* The signature names the peer dialed: relayed or replayed elsewhere, it fails. */
+        size_t tsz = strlen(p->addr) + strlen(path) + 1;
+        char *target = malloc(tsz);
+        if (target) {
+            snprintf(target, tsz, "%s%s", p->addr, path);
+            bs_peer_sign_request(c->o.secret, c->node, "GET", target, bs_peer_wall_ms(), auth + hl);
+            free(target);
+        } else {
+            auth[hl] = '\0';
+        }
+    }
     struct curl_slist *h1 = url ? curl_slist_append(NULL, auth) : NULL;
     hdrs = h1 ? curl_slist_append(h1, "Accept:") : NULL;
     if (!hdrs) {

@@ -273,6 +273,7 @@ enum relay_mode { RELAY_PASS, RELAY_FLIP_BODY, RELAY_ALTER_RECORD, RELAY_STALL_B
 struct relay {
     enum relay_mode mode;
     int lfd, port, upstream;
+    struct bs_peersrv *srv; /* the server behind the relay (NULL: the main one) */
     atomic_int stop, connections;
     pthread_t acceptor;
     pthread_mutex_t lock;
@@ -414,13 +415,37 @@ static void *relay_accept_main(void *arg)
     return NULL;
 }
 
-static struct relay *relay_start(enum relay_mode mode)
+/* A relay on the path to a peer server that advertises the relay's own address, as an
+ * on-path attacker sits between an agent and the address it dials: requests are signed for
+ * that address and verify. With to_main, the relay forwards to the main server instead, which
+ * advertises another address: a relayed request must fail its signature there. */
+static struct relay *relay_start_to(enum relay_mode mode, int to_main)
 {
     struct relay *r = calloc(1, sizeof(*r));
     r->mode = mode;
-    r->upstream = bs_peersrv_port(E.srv);
     r->lfd = listen_any(&r->port);
     assert_true(r->lfd >= 0);
+    if (to_main) {
+        r->upstream = bs_peersrv_port(E.srv);
+    } else {
+        char adv[64], err[256];
+        snprintf(adv, sizeof(adv), "127.0.0.1:%d", r->port);
+        struct bs_peersrv_opts po = {
+            .listen = "127.0.0.1:0",
+            .advertise = adv,
+            .secret = &E.secret,
+            .window_ms = WINDOW_MS,
+            .max_uploads = UPLOADS,
+            .max_clients = 64,
+            .max_per_ip = 32,
+            .conn_idle_ms = 20000,
+            .max_wait_ms = MAX_WAIT_MS,
+        };
+        r->srv = bs_peersrv_create(&po, E.svc, E.metrics, err, sizeof(err));
+        if (!r->srv)
+            fail_msg("relay's peer server: %s", err);
+        r->upstream = bs_peersrv_port(r->srv);
+    }
     pthread_mutex_init(&r->lock, NULL);
     assert_int_equal(pthread_create(&r->acceptor, NULL, relay_accept_main, r), 0);
     return r;
@@ -435,8 +460,14 @@ static void relay_stop(struct relay *r)
         close(r->conn_fds[i]);
     }
     close(r->lfd);
+    bs_peersrv_destroy(r->srv, 1000);
     pthread_mutex_destroy(&r->lock);
     free(r);
+}
+
+static struct relay *relay_start(enum relay_mode mode)
+{
+    return relay_start_to(mode, 0);
 }
 
 static struct bs_peer relay_peer(const struct relay *r)
@@ -926,6 +957,15 @@ static void test_fetch(void **state)
     assert_int_equal(atomic_load(&r->connections), 1);
     relay_stop(r);
 
+    /* A request signed for one address and relayed to an agent advertising another (a Redis
+     * entry pointing at an attacker's relay, a replay to another agent) is refused. */
+    r = relay_start_to(RELAY_PASS, 1);
+    rp = relay_peer(r);
+    rc = fetch_with(E.cli, &rp, &big_id, CHUNK, 5000, buf, cap, sha, err, sizeof(err));
+    if (rc != BS_PEER_E_AUTH)
+        fail_msg("relayed to another agent: %s (%s), auth expected", bs_peer_err_name(rc), err);
+    relay_stop(r);
+
     /* Wrong expectations: a buffer smaller than the chunk, or another length expected. */
     assert_int_equal(
         fetch_with(E.cli, &E.peer, &big_id, CHUNK, 5000, buf, CHUNK - 1, sha, err, sizeof(err)),
@@ -943,7 +983,10 @@ static void test_fetch(void **state)
 static void sign_pq(const struct bs_peer_secret *s, const char *method, const char *pq, int64_t ts,
                     char out[BS_PEER_HDR_MAX])
 {
-    bs_peer_sign_request(s, "raw-client", method, pq, ts, out);
+    /* Signed for the server dialed (its address as the test's server reports it). */
+    char target[4096];
+    snprintf(target, sizeof(target), "127.0.0.1:%d%s", bs_peersrv_port(E.srv), pq);
+    bs_peer_sign_request(s, "raw-client", method, target, ts, out);
 }
 
 static void test_auth_refused(void **state)
