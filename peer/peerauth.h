@@ -1,6 +1,8 @@
 /* Authentication between agents with the cluster secret (HMAC-SHA256, OpenSSL):
  *  - a peer request carries "X-Blobswarm-Peer: v1 node=<name> ts=<unix ms> mac=<64 hex>",
  *    mac = HMAC(secret, "bs-peer-req-v1\n" method "\n" path-and-query "\n" ts "\n" node);
+ *    callers pass as path-and-query the address dialed followed by the path and query
+ *    ("10.0.3.7:7070/v1/peer/chunk?..."), so that a signature is good at one agent only;
  *    the server accepts ts within +-window_ms of its clock (replay window) and nothing else;
  *  - a chunk record travels with the bytes: "X-Blobswarm-Record: v1 len=<n> sha256=<64 hex>
  *    mac=<64 hex>", mac = HMAC(secret, "bs-chunk-rec-v1\n" account "\n" container "\n" blob
