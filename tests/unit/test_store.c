@@ -1629,7 +1629,7 @@ static void test_disk_full_tmpfs(void **state)
 /* ---- threads ---- */
 
 #define T_THREADS 8
-#define T_OPS     3000
+#define T_OPS     1000
 #define T_BLOBS   4
 #define T_INDEXES 8
 
