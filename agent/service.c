@@ -102,6 +102,7 @@ struct bs_service {
     int nplans, ra_running;
     uint64_t planned_bytes; /* sizes of the plans: at most half of the store budget */
     uint64_t last_fill_ns;  /* the last fill that ended well (monotonic) */
+    int draining;           /* bs_service_stop: waits on other agents end; workers stay */
     int stop;
     pthread_t *workers;
     int nworkers;
@@ -276,7 +277,7 @@ static enum bs_peer_err fill_peer(struct bs_service *s, struct fill_job *j, cons
 static int stopping(struct bs_service *s)
 {
     pthread_mutex_lock(&s->lock);
-    int stop = s->stop;
+    int stop = s->stop || s->draining;
     pthread_mutex_unlock(&s->lock);
     return stop;
 }
@@ -288,7 +289,7 @@ static void pause_ms(struct bs_service *s, long ms, uint64_t end_ns)
     if (until > end_ns)
         until = end_ns;
     pthread_mutex_lock(&s->lock);
-    while (!s->stop && bs_cond_wait_until(&s->work_cv, &s->lock, until) == 0)
+    while (!s->stop && !s->draining && bs_cond_wait_until(&s->work_cv, &s->lock, until) == 0)
         ;
     pthread_mutex_unlock(&s->lock);
 }
@@ -446,7 +447,7 @@ static void plan_free_locked(struct bs_service *s, struct ra_plan *pl)
  * Under s->lock. */
 static struct fill_job *take_readahead_locked(struct bs_service *s)
 {
-    if (!s->plans || s->ra_running >= s->p.readahead_workers)
+    if (!s->plans || s->ra_running >= s->p.readahead_workers || s->draining)
         return NULL;
     int64_t now_s = (int64_t)time(NULL);
     for (int tries = 0; tries < s->nplans && s->plans; tries++) {
@@ -1089,9 +1090,10 @@ int bs_service_peer_get(struct bs_service *s, const struct bs_chunk_key *k, long
         return -ENOENT;
     }
     j->refs++;
-    while (!j->done && !s->stop && bs_cond_wait_until(&j->cv, &s->lock, end_ns) == 0)
+    while (!j->done && !s->stop && !s->draining &&
+           bs_cond_wait_until(&j->cv, &s->lock, end_ns) == 0)
         ;
-    int running = !j->done, stop = s->stop;
+    int running = !j->done, stop = s->stop || s->draining;
     job_unref_locked(j);
     pthread_mutex_unlock(&s->lock);
     if (bs_store_get(s->store, k, ref) == 0)
@@ -1102,7 +1104,7 @@ int bs_service_peer_get(struct bs_service *s, const struct bs_chunk_key *k, long
 void bs_service_stop(struct bs_service *s)
 {
     pthread_mutex_lock(&s->lock);
-    s->stop = 1;
+    s->draining = 1; /* not stop: the workers stay (exiting, unjoined, they would leak) */
     pthread_cond_broadcast(&s->work_cv);
     for (size_t b = 0; b < MAP_BUCKETS; b++)
         for (struct fill_job *j = s->map[b]; j; j = j->hnext)
