@@ -2,7 +2,7 @@
 # every shell script, checked offline: tests/tools/check-chart.sh CHECK, one CTest each,
 # label `chart` (ctest -L chart). helm comes from node_modules/.bin (scripts/setup.sh); a
 # missing tool skips (77) outside CI and fails under CI=true.
-foreach(check IN ITEMS lint render validate yamllint settings manifests dashboard)
+foreach(check IN ITEMS lint render refs validate yamllint settings manifests dashboard)
   add_test(NAME chart_${check}
            COMMAND ${BS_BASH} ${BS_TEST_TOOLS}/check-chart.sh ${check}
                    $<TARGET_FILE:blobswarm-agent>)

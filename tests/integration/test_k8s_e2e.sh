@@ -232,7 +232,7 @@ print(f"{m:016x}")' "$@"
 
 # scenario NAME [helm --set KEY=VALUE...]
 scenario() {
-  local name=$1 t i state ready kind path port pid st want_uid want_gid caps cap_mask
+  local name=$1 t i state ready kind path port pid st want_uid want_gid caps cap_mask s op f
   local store_dir socket_dir shim agent_pod wl_uid wl_groups rc n served local_b origin_b
   local redis_up tamper node=node-$1
   shift
@@ -326,20 +326,51 @@ print(" ".join(sc.get("capabilities", {}).get("add", [])))' "$SC/pod.json")
 
   STEP=$name/node
   # What the init container left on the node: the store root's (0711) holding the agent's
-  # (chunks-UID, 0700), the socket directory root's with the agent's group (1775), the shim
-  # root's (0644), the socket.
+  # (chunks-UID, 0700), the socket directory nobody's (65534) with the agent's group (1775),
+  # lib/ and the shim nobody's (0755, 0444: the agent, root or not, cannot change them), the
+  # socket the agent's.
   [ "$(stat -c '%u:%g %a' "$store_dir")" = "0:0 711" ] ||
     fail "store dir: $(stat -c '%u:%g %a' "$store_dir")"
   [ "$(stat -c '%u:%g %a' "$store_dir/chunks-$want_uid")" = "$want_uid:$want_gid 700" ] ||
     fail "store: $(stat -c '%u:%g %a' "$store_dir/chunks-$want_uid" 2>&1)"
-  [ "$(stat -c '%u:%g %a' "$socket_dir")" = "0:$want_gid 1775" ] ||
+  [ "$(stat -c '%u:%g %a' "$socket_dir")" = "65534:$want_gid 1775" ] ||
     fail "socket dir: $(stat -c '%u:%g %a' "$socket_dir")"
   [ -S "$socket_dir/agent.sock" ] || fail "no socket in $socket_dir"
   [ "$(stat -c %u "$socket_dir/agent.sock")" = "$want_uid" ] || fail "the socket is not the agent's"
+  [ "$(stat -c '%u:%g %a' "$socket_dir/lib")" = "65534:65534 755" ] ||
+    fail "lib dir: $(stat -c '%u:%g %a' "$socket_dir/lib")"
   shim=$socket_dir/lib/libblobswarm.so
-  [ "$(stat -c '%u:%g %a' "$shim")" = "0:0 644" ] || fail "shim: $(stat -c '%u:%g %a' "$shim")"
+  [ "$(stat -c '%u:%g %a' "$shim")" = "65534:65534 444" ] || fail "shim: $(stat -c '%u:%g %a' "$shim")"
   cmp -s "$shim" "$T/image-shim.so" || fail "the shim on the node differs from the image's"
-  log "[$name] ok: store dir, socket dir, socket, shim on the node as the chart says"
+  log "[$name] ok: store dir, socket dir, socket, lib dir, shim on the node as the chart says"
+
+  STEP=$name/shim-readonly
+  # A process with the agent's identity (podman exec in the agent's container: same uid, gid,
+  # capabilities, checked) cannot open the shim for writing, replace or rename it or lib/,
+  # nor change their modes; it can create and remove a file of its own in the socket dir.
+  podman exec "$agent_pod-agent" sh -c 'command -v mv && command -v chmod && command -v cat' \
+    >/dev/null || fail "the image lacks mv, chmod or cat (needed by this check)"
+  podman exec "$agent_pod-agent" cat /proc/self/status >"$SC/exec-status" ||
+    fail "podman exec in the agent's container failed"
+  for f in Uid Gid CapEff CapBnd; do
+    [ "$(awk -v f="$f:" '$1 == f { $1 = ""; print }' "$SC/exec-status")" = \
+      "$(awk -v f="$f:" '$1 == f { $1 = ""; print }' "$st")" ] ||
+      fail "podman exec's $f differs from the agent's: $(grep "^$f:" "$SC/exec-status")"
+  done
+  s=/run/blobswarm
+  for op in "exec 3>>$s/lib/libblobswarm.so" "exec 3<>$s/lib/libblobswarm.so" \
+    "mv -f $s/lib $s/lib.moved" "mv -f $s/lib/libblobswarm.so $s/lib/x.so" \
+    ": >$s/lib/x.so" "chmod 0777 $s/lib" "chmod 0666 $s/lib/libblobswarm.so" "chmod 0777 $s"; do
+    if podman exec "$agent_pod-agent" sh -c "$op" >/dev/null 2>&1; then
+      fail "the agent's process could: $op"
+    fi
+  done
+  if [ "$(stat -c '%u:%g %a' "$shim")" != "65534:65534 444" ] || ! cmp -s "$shim" "$T/image-shim.so"; then
+    fail "the shim changed under the checks above"
+  fi
+  podman exec "$agent_pod-agent" sh -c ": >$s/.probe-$RUN && rm -f $s/.probe-$RUN" ||
+    fail "the agent's process cannot create and remove a file in the socket dir"
+  log "[$name] ok: the agent's uid cannot write, rename or chmod the shim or lib/"
 
   STEP=$name/redis
   for ((i = 0; i < 100; i++)); do
@@ -355,14 +386,10 @@ print(" ".join(sc.get("capabilities", {}).get("add", [])))' "$SC/pod.json")
   # read-only, (a) RUNAI_STREAMER_EXPERIMENTAL_AZURE_CACHE_LIB naming the shim in it and
   # (b) the shim mounted at the streamer's auto-discovery path; BLOBSWARM_AGENT_UID
   # = the agent's uid, a non-root pod joins the agent's group; plus its own Azure identity.
+  # A non-root workload in both modes: it joins the agent's group (agent.runAsGroup, kept
+  # with tamperProtection) to reach the socket (0660).
   wl_uid=$WORKLOAD_UID
   wl_groups="[$want_gid]"
-  if [ "$want_uid" = 0 ]; then
-    # NOTES.txt gives a non-root pod no way in to a root agent's socket (0660, root's group):
-    # such a workload runs as root here.
-    wl_uid=0
-    wl_groups="[]"
-  fi
   cat >"$SC/workload.yaml" <<EOF
 apiVersion: v1
 kind: Pod

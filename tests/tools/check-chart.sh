@@ -8,6 +8,9 @@
 #   validate    every rendered object (and deploy/manifests) against the Kubernetes API
 #               schemas and the ServiceMonitor/PodMonitor CRD schemas (tests/tools/k8s-validate.mjs)
 #   yamllint    the chart's own YAML, values-all, deploy/manifests, and the rendered output
+#   refs        every port a Service, NetworkPolicy, probe or Service/PodMonitor names resolves
+#               on the pod template its selector picks, each selector picks exactly its own
+#               template (agent DaemonSet or Redis), checksum/secrets is the generated Secret's
 #   settings    agent settings one to one with `blobswarm-agent --settings-json`, rendered env
 #               accepted by `blobswarm-agent --check-config` (tests/tools/chart-settings.py)
 #   manifests   deploy/manifests/blobswarm.yaml is what scripts/render-manifests.sh renders now
@@ -135,11 +138,32 @@ EOF
   refuse "additional properties 'no_such_setting'" --set agent.config.no_such_setting=1
   refuse "additional properties 'store_dir'" --set agent.config.store_dir=/x
   refuse "is an agent setting" --set 'agent.extraEnv[0].name=BLOBSWARM_LOG_LEVEL' --set 'agent.extraEnv[0].value=debug'
-  refuse "must exceed agent.config.drain_ms" --set agent.config.drain_ms=30000
+  refuse "must be at least agent.config.drain_ms" --set agent.config.drain_ms=30000
+  refuse "must be at least agent.config.drain_ms (40000 ms)" --set agent.config.drain_ms=40s
+  refuse "must be at least agent.config.drain_ms (26000 ms)" --set agent.config.drain_ms=26s
+  refuse "must be at least agent.config.drain_ms (60000 ms)" --set agent.config.drain_ms=1m
+  tmpl --set agent.config.drain_ms=25s >/dev/null || fail "drain_ms=25s with a grace of 30 s was refused"
   refuse "redis.external.url is required" --set redis.mode=external
   refuse "additional properties 'no_such_value'" --set agent.no_such_value=1
   refuse "maximum" --set agent.config.fill_workers=100000
-  echo "check-chart render: ${#VARIANTS[@]} renders, 7 refusals as expected"
+  echo "check-chart render: ${#VARIANTS[@]} renders, 10 refusals as expected"
+  ;;
+
+refs)
+  need_helm
+  need_py
+  render_all
+  for v in "${VARIANTS[@]}"; do
+    name="${v%%|*}"
+    "$PY" "$ROOT/tests/tools/chart-refs.py" "$TMP/$name.yaml" || fail "$name: dangling references (above)"
+  done
+  # The check itself: a Service whose targetPort names no container port is caught.
+  sed 's/targetPort: http$/targetPort: htp/' "$TMP/defaults.yaml" >"$TMP/bad-port.yaml"
+  if "$PY" "$ROOT/tests/tools/chart-refs.py" "$TMP/bad-port.yaml" >"$TMP/bad.out" 2>&1; then
+    fail "chart-refs.py accepted a Service targetPort that names no port"
+  fi
+  grep -q "targetPort htp" "$TMP/bad.out" || fail "chart-refs.py: $(cat "$TMP/bad.out")"
+  echo "check-chart refs: ${#VARIANTS[@]} renders resolve; a broken targetPort is caught"
   ;;
 
 validate)
@@ -225,6 +249,6 @@ shell)
   ;;
 
 *)
-  fail "unknown check (lint render validate yamllint settings manifests dashboard shell)"
+  fail "unknown check (lint render refs validate yamllint settings manifests dashboard shell)"
   ;;
 esac

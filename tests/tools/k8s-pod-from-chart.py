@@ -21,6 +21,8 @@ do on one node and nothing more:
 - the pod runs on the host's network (hostNetwork: true), so that loopback servers (Redis,
   Azurite) and the probes' ports are reachable as on a node; the containers' port lists,
   information only there, are dropped (podman 4.3 refuses them with the host's network);
+- the pod template's checksum/secrets annotation is dropped (podman 4.3 refuses annotation
+  values over 63 characters; it means nothing to a kubelet);
 - init containers are kept once they have run (podman's annotation for that), so that their
   exit status can be checked.
 
@@ -216,8 +218,12 @@ def main():
         "namespace": ds["metadata"].get("namespace", "default"),
         "labels": (tmpl.get("metadata") or {}).get("labels") or {},
     }
-    if (tmpl.get("metadata") or {}).get("annotations"):
-        meta["annotations"] = tmpl["metadata"]["annotations"]
+    # checksum/secrets is for the DaemonSet controller (a changed template rolls the pods),
+    # nothing to the kubelet; podman 4.3 refuses an annotation value over 63 characters (it
+    # checks them as label values), and a sha256 is 64.
+    ann = {k: v for k, v in ((tmpl.get("metadata") or {}).get("annotations") or {}).items() if k != "checksum/secrets"}
+    if ann:
+        meta["annotations"] = ann
 
     if spec.get("initContainers"):
         # podman runs init containers "once" by default and then removes them, which 4.3

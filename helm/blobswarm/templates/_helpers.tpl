@@ -77,8 +77,10 @@ app.kubernetes.io/component: redis
 {{- if .Values.agent.tamperProtection -}}0{{- else -}}{{ int64 .Values.agent.runAsUser }}{{- end -}}
 {{- end -}}
 
+{{/* The agent's gid: agent.runAsGroup in both modes (non-root workloads join it to reach the
+     socket, mode 0660; the socket directory is group-writable for it). */}}
 {{- define "blobswarm.agentGid" -}}
-{{- if .Values.agent.tamperProtection -}}0{{- else -}}{{ int64 .Values.agent.runAsGroup }}{{- end -}}
+{{- int64 .Values.agent.runAsGroup -}}
 {{- end -}}
 
 {{/* Where the cluster secret comes from: (secret name, key). */}}
@@ -115,4 +117,44 @@ app.kubernetes.io/component: redis
      numbers as float64, which would print as 2.16e+07). */}}
 {{- define "blobswarm.settingValue" -}}
 {{- if kindIs "float64" . -}}{{ printf "%d" (int64 .) }}{{- else -}}{{ toString . }}{{- end -}}
+{{- end -}}
+
+{{/* A time setting in milliseconds, as the agent parses it: a number (ms) or a string of
+     digits with ms, s or m (the schema admits nothing else). */}}
+{{- define "blobswarm.durationMs" -}}
+{{- $s := include "blobswarm.settingValue" . | trim -}}
+{{- if hasSuffix "ms" $s -}}{{ int64 (trimSuffix "ms" $s) }}
+{{- else if hasSuffix "s" $s -}}{{ mul (int64 (trimSuffix "s" $s)) 1000 }}
+{{- else if hasSuffix "m" $s -}}{{ mul (int64 (trimSuffix "m" $s)) 60000 }}
+{{- else -}}{{ int64 $s }}
+{{- end -}}
+{{- end -}}
+
+{{/* The data of the Secret the chart generates (name -> base64), as YAML; "" when it makes
+     none. Computed once per render (kept in the root context) so that the Secret and the
+     checksum/secrets annotations of the pods that mount it see the same values: `lookup`
+     keeps an installed Secret's values, new ones are random. */}}
+{{- define "blobswarm.secretData" -}}
+{{- if not (hasKey . "blobswarmSecretData") -}}
+{{- $needCluster := and .Values.peers.enabled (not .Values.peers.clusterSecret.existingSecret) -}}
+{{- $needRedis := and .Values.peers.enabled (eq .Values.redis.mode "bundled") (not .Values.redis.auth.existingSecret) -}}
+{{- $old := (lookup "v1" "Secret" .Release.Namespace (include "blobswarm.secretName" .)).data | default dict -}}
+{{- $d := dict -}}
+{{- if $needCluster -}}
+{{- $_ := set $d "cluster-secret" (get $old "cluster-secret" | default (randAlphaNum 64 | b64enc)) -}}
+{{- end -}}
+{{- if $needRedis -}}
+{{- $_ := set $d "redis-password" (get $old "redis-password" | default (randAlphaNum 40 | b64enc)) -}}
+{{- end -}}
+{{- $_ := set . "blobswarmSecretData" $d -}}
+{{- end -}}
+{{- with get . "blobswarmSecretData" -}}{{ toYaml . }}{{- end -}}
+{{- end -}}
+
+{{/* checksum/secrets: a pod-template annotation that changes with the generated Secret's data,
+     so that pods restart when it changes (an existingSecret is not seen: see README.md). */}}
+{{- define "blobswarm.secretsChecksum" -}}
+{{- with include "blobswarm.secretData" . -}}
+checksum/secrets: {{ sha256sum . | quote }}
+{{- end -}}
 {{- end -}}
